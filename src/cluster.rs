@@ -1,0 +1,472 @@
+//! The decision layer: plain data in, a plan out, no I/O.
+//!
+//! Reads: a [`ClusterView`] the reconcile loop assembled from probes, Docker and pgpool.
+//! Changes: nothing. Every safety rule of the sidecar lives here so it is unit-tested on
+//! hand-built views: which node is primary, when a failover is due, which standby may be
+//! promoted, which node may be wiped and rebuilt, which may be attached to pgpool.
+
+use serde::Serialize;
+
+use crate::docker::ContainerStatus;
+use crate::pgpool::control::PoolStatus;
+use crate::postgres::PgState;
+
+/// Everything known about one node at one moment.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct NodeView {
+    pub id: usize,
+    pub name: String,
+    /// None when Docker could not be asked.
+    pub container: Option<ContainerStatus>,
+    /// None when the SQL probe failed.
+    pub pg: Option<PgState>,
+    /// Consecutive failed probes.
+    pub probe_failures: u32,
+    pub pool: Option<PoolStatus>,
+    /// The primary's `pg_stat_replication` says this node streams from it.
+    pub streaming_from_primary: bool,
+    /// A recovery job owns the node right now; leave it alone.
+    pub busy: bool,
+    /// Fenced after a failover: stays down until recovery takes it back.
+    pub fenced: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ClusterView {
+    pub nodes: Vec<NodeView>,
+    /// The node the sidecar holds to be primary (its own authoritative state).
+    pub primary: Option<usize>,
+    /// The cluster's system identifier, learned from the primary.
+    pub system_identifier: Option<u64>,
+}
+
+/// Settings the rules depend on.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub probe_failures: u32,
+    pub max_lag_on_failover: u64,
+    pub priorities: Vec<i32>,
+}
+
+/// What the sidecar should do next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Take `node` as the primary (start-up: no primary known yet).
+    AdoptPrimary { node: usize },
+    /// The primary is gone or hung: fence it and promote the best standby.
+    Failover { old: usize, reason: String },
+    /// Wipe and re-clone the node from the primary (fresh initdb or former member only).
+    Rebuild { node: usize, reason: String },
+    /// A second writable node with our system identifier: kill it before anyone writes to it.
+    Fence { node: usize, reason: String },
+    /// Healthy standby of the primary that pgpool does not use: attach it.
+    Attach { node: usize },
+    /// pgpool routes to a node it must not use.
+    Detach { node: usize, reason: String },
+    /// The node holds another cluster's data: never touch it, tell the operator.
+    ReportForeign { node: usize },
+}
+
+/// Why no standby may be promoted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NoCandidate {
+    #[error("no standby of this cluster is reachable")]
+    NoStandby,
+    #[error("best standby {node} lags {lag} bytes behind the old primary (limit {limit})")]
+    TooFarBehind { node: usize, lag: u64, limit: u64 },
+}
+
+impl NodeView {
+    fn is_member(&self, sysid: Option<u64>) -> bool {
+        match (&self.pg, sysid) {
+            (Some(pg), Some(id)) => pg.system_identifier == id,
+            _ => false,
+        }
+    }
+
+    fn container_gone(&self) -> bool {
+        matches!(
+            self.container,
+            Some(ContainerStatus::Exited)
+                | Some(ContainerStatus::Dead)
+                | Some(ContainerStatus::Missing)
+                | Some(ContainerStatus::Created)
+        )
+    }
+}
+
+/// At start-up: which node is the primary. Among reachable writable nodes, the highest timeline
+/// wins (a node promoted by a failover beats an old primary restarted by hand); then the one the
+/// standbys follow; then the first configured node.
+pub fn initial_primary(view: &ClusterView) -> Option<usize> {
+    let writable: Vec<&NodeView> = view
+        .nodes
+        .iter()
+        .filter(|n| n.pg.as_ref().is_some_and(|p| !p.in_recovery))
+        .collect();
+    let followers = |n: &NodeView| {
+        view.nodes
+            .iter()
+            .filter(|s| {
+                s.pg.as_ref().is_some_and(|p| {
+                    p.in_recovery && p.upstream_host.as_deref() == Some(n.name.as_str())
+                })
+            })
+            .count()
+    };
+    writable
+        .into_iter()
+        .max_by(|a, b| {
+            let (pa, pb) = (a.pg.as_ref().unwrap(), b.pg.as_ref().unwrap());
+            pa.timeline
+                .cmp(&pb.timeline)
+                .then(followers(a).cmp(&followers(b)))
+                .then(b.id.cmp(&a.id))
+        })
+        .map(|n| n.id)
+}
+
+/// The standby to promote when `old` fails: highest WAL position; ties by priority, then the
+/// lower node id. Only members of the cluster on the primary's timeline or later count.
+pub fn choose_candidate(
+    view: &ClusterView,
+    policy: &Policy,
+    old: usize,
+    old_lsn: Option<u64>,
+) -> Result<usize, NoCandidate> {
+    let prio = |id: usize| policy.priorities.get(id).copied().unwrap_or(0);
+    let best = view
+        .nodes
+        .iter()
+        .filter(|n| n.id != old && !n.fenced && !n.busy)
+        .filter(|n| n.is_member(view.system_identifier))
+        .filter(|n| n.pg.as_ref().is_some_and(|p| p.in_recovery))
+        .max_by(|a, b| {
+            let (la, lb) = (a.pg.as_ref().unwrap().lsn, b.pg.as_ref().unwrap().lsn);
+            la.cmp(&lb)
+                .then(prio(a.id).cmp(&prio(b.id)))
+                .then(b.id.cmp(&a.id))
+        })
+        .ok_or(NoCandidate::NoStandby)?;
+    let lsn = best.pg.as_ref().map(|p| p.lsn).unwrap_or(0);
+    if let Some(old_lsn) = old_lsn {
+        let lag = old_lsn.saturating_sub(lsn);
+        if lag > policy.max_lag_on_failover {
+            return Err(NoCandidate::TooFarBehind {
+                node: best.id,
+                lag,
+                limit: policy.max_lag_on_failover,
+            });
+        }
+    }
+    Ok(best.id)
+}
+
+/// Whether the primary must be failed over, and why.
+pub fn primary_failure(view: &ClusterView, policy: &Policy) -> Option<String> {
+    let p = &view.nodes[view.primary?];
+    if p.busy {
+        return None;
+    }
+    if p.container_gone() {
+        return Some(format!("container is {:?}", p.container.as_ref()?));
+    }
+    if p.probe_failures >= policy.probe_failures {
+        return Some(format!("{} consecutive probes failed", p.probe_failures));
+    }
+    if p.pg.as_ref().is_some_and(|pg| pg.in_recovery) {
+        return Some("it is in recovery".into());
+    }
+    None
+}
+
+/// The plan for one reconcile pass.
+pub fn decide(view: &ClusterView, policy: &Policy) -> Vec<Action> {
+    let mut plan = Vec::new();
+    let Some(primary) = view.primary else {
+        if let Some(node) = initial_primary(view) {
+            plan.push(Action::AdoptPrimary { node });
+        }
+        return plan;
+    };
+    if let Some(reason) = primary_failure(view, policy) {
+        plan.push(Action::Failover {
+            old: primary,
+            reason,
+        });
+        return plan;
+    }
+    if view.nodes[primary].pool == Some(PoolStatus::Down) {
+        plan.push(Action::Attach { node: primary });
+    }
+    let primary_tl = view.nodes[primary].pg.as_ref().map(|p| p.timeline);
+    for n in view.nodes.iter().filter(|n| n.id != primary && !n.busy) {
+        let serving = n.pool.is_some_and(|s| s.is_serving());
+        let Some(pg) = &n.pg else {
+            if serving && n.probe_failures >= 1 {
+                plan.push(Action::Detach {
+                    node: n.id,
+                    reason: "standby does not answer".into(),
+                });
+            }
+            continue;
+        };
+        if !n.is_member(view.system_identifier) {
+            if pg.user_databases.is_empty() && pg.timeline <= 1 {
+                plan.push(Action::Rebuild {
+                    node: n.id,
+                    reason: "fresh node (no user databases)".into(),
+                });
+            } else {
+                plan.push(Action::ReportForeign { node: n.id });
+            }
+            if serving {
+                plan.push(Action::Detach {
+                    node: n.id,
+                    reason: "not a member of this cluster".into(),
+                });
+            }
+            continue;
+        }
+        if !pg.in_recovery {
+            if serving {
+                plan.push(Action::Detach {
+                    node: n.id,
+                    reason: "second writable node".into(),
+                });
+            }
+            plan.push(Action::Fence {
+                node: n.id,
+                reason: "writable node that is not the primary".into(),
+            });
+            continue;
+        }
+        let healthy = n.streaming_from_primary && Some(pg.timeline) == primary_tl;
+        if healthy && !serving && !n.fenced {
+            plan.push(Action::Attach { node: n.id });
+        }
+    }
+    plan
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SYSID: u64 = 7_000_000_000_000_000_001;
+
+    fn policy() -> Policy {
+        Policy {
+            probe_failures: 3,
+            max_lag_on_failover: 1 << 20,
+            priorities: vec![0, 0, 0],
+        }
+    }
+
+    fn primary(id: usize, lsn: u64) -> NodeView {
+        NodeView {
+            id,
+            name: format!("pg-{id}"),
+            container: Some(ContainerStatus::Running),
+            pg: Some(PgState {
+                in_recovery: false,
+                system_identifier: SYSID,
+                timeline: 1,
+                lsn,
+                ..Default::default()
+            }),
+            pool: Some(PoolStatus::Up),
+            ..Default::default()
+        }
+    }
+
+    fn standby(id: usize, lsn: u64) -> NodeView {
+        NodeView {
+            id,
+            name: format!("pg-{id}"),
+            container: Some(ContainerStatus::Running),
+            pg: Some(PgState {
+                in_recovery: true,
+                system_identifier: SYSID,
+                timeline: 1,
+                lsn,
+                streaming: true,
+                upstream_host: Some("pg-0".into()),
+                ..Default::default()
+            }),
+            pool: Some(PoolStatus::Up),
+            streaming_from_primary: true,
+            ..Default::default()
+        }
+    }
+
+    fn cluster(nodes: Vec<NodeView>) -> ClusterView {
+        ClusterView {
+            nodes,
+            primary: Some(0),
+            system_identifier: Some(SYSID),
+        }
+    }
+
+    #[test]
+    fn healthy_cluster_needs_nothing() {
+        let v = cluster(vec![primary(0, 100), standby(1, 100), standby(2, 100)]);
+        assert!(decide(&v, &policy()).is_empty());
+    }
+
+    #[test]
+    fn most_advanced_standby_is_promoted() {
+        let v = cluster(vec![primary(0, 100), standby(1, 90), standby(2, 95)]);
+        assert_eq!(choose_candidate(&v, &policy(), 0, Some(100)), Ok(2));
+    }
+
+    #[test]
+    fn ties_go_to_priority_then_lowest_id() {
+        let v = cluster(vec![primary(0, 100), standby(1, 95), standby(2, 95)]);
+        assert_eq!(choose_candidate(&v, &policy(), 0, None), Ok(1));
+        let mut p = policy();
+        p.priorities = vec![0, 0, 5];
+        assert_eq!(choose_candidate(&v, &p, 0, None), Ok(2));
+    }
+
+    #[test]
+    fn lagging_standby_is_not_promoted() {
+        let v = cluster(vec![primary(0, 10 << 20), standby(1, 1 << 20)]);
+        assert_eq!(
+            choose_candidate(&v, &policy(), 0, Some(10 << 20)),
+            Err(NoCandidate::TooFarBehind {
+                node: 1,
+                lag: 9 << 20,
+                limit: 1 << 20
+            })
+        );
+    }
+
+    #[test]
+    fn unreachable_fenced_or_foreign_standbys_are_never_candidates() {
+        let mut down = standby(1, 200);
+        down.pg = None;
+        let mut fenced = standby(2, 300);
+        fenced.fenced = true;
+        let mut foreign = standby(3, 400);
+        foreign.pg.as_mut().unwrap().system_identifier = 42;
+        let v = cluster(vec![primary(0, 100), down, fenced, foreign]);
+        assert_eq!(
+            choose_candidate(&v, &policy(), 0, None),
+            Err(NoCandidate::NoStandby)
+        );
+    }
+
+    #[test]
+    fn dead_primary_container_means_failover() {
+        let mut p = primary(0, 100);
+        p.container = Some(ContainerStatus::Exited);
+        p.pg = None;
+        let v = cluster(vec![p, standby(1, 100)]);
+        assert!(matches!(
+            decide(&v, &policy())[..],
+            [Action::Failover { old: 0, .. }]
+        ));
+    }
+
+    #[test]
+    fn hung_primary_fails_over_only_after_threshold() {
+        let mut p = primary(0, 100);
+        p.probe_failures = 2;
+        let v = cluster(vec![p.clone(), standby(1, 100)]);
+        assert!(decide(&v, &policy()).is_empty());
+        p.probe_failures = 3;
+        let v = cluster(vec![p, standby(1, 100)]);
+        assert!(matches!(
+            decide(&v, &policy())[..],
+            [Action::Failover { old: 0, .. }]
+        ));
+    }
+
+    #[test]
+    fn standby_failure_never_promotes() {
+        let mut s = standby(1, 100);
+        s.container = Some(ContainerStatus::Exited);
+        s.pg = None;
+        s.probe_failures = 10;
+        let v = cluster(vec![primary(0, 100), s, standby(2, 100)]);
+        let plan = decide(&v, &policy());
+        assert_eq!(
+            plan,
+            vec![Action::Detach {
+                node: 1,
+                reason: "standby does not answer".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn fresh_node_is_rebuilt_foreign_node_is_reported_and_kept_out() {
+        let mut fresh = primary(1, 10);
+        fresh.pg.as_mut().unwrap().system_identifier = 1;
+        fresh.pool = Some(PoolStatus::Down);
+        let mut foreign = primary(2, 10);
+        foreign.pg.as_mut().unwrap().system_identifier = 2;
+        foreign.pg.as_mut().unwrap().user_databases = vec!["shop".into()];
+        let v = cluster(vec![primary(0, 100), fresh, foreign]);
+        let plan = decide(&v, &policy());
+        assert!(plan.contains(&Action::Rebuild {
+            node: 1,
+            reason: "fresh node (no user databases)".into()
+        }));
+        assert!(plan.contains(&Action::ReportForeign { node: 2 }));
+        assert!(plan.contains(&Action::Detach {
+            node: 2,
+            reason: "not a member of this cluster".into()
+        }));
+        assert!(!plan
+            .iter()
+            .any(|a| matches!(a, Action::Rebuild { node: 2, .. })));
+    }
+
+    #[test]
+    fn split_brain_second_primary_is_detached_and_fenced() {
+        let v = cluster(vec![primary(0, 100), primary(1, 100), standby(2, 100)]);
+        let plan = decide(&v, &policy());
+        assert!(plan.contains(&Action::Detach {
+            node: 1,
+            reason: "second writable node".into()
+        }));
+        assert!(plan
+            .iter()
+            .any(|a| matches!(a, Action::Fence { node: 1, .. })));
+        assert!(!plan.iter().any(|a| matches!(a, Action::Failover { .. })));
+    }
+
+    #[test]
+    fn only_streaming_standbys_on_the_primary_timeline_are_attached() {
+        let mut a = standby(1, 100);
+        a.pool = Some(PoolStatus::Down);
+        let mut b = standby(2, 100);
+        b.pool = Some(PoolStatus::Down);
+        b.streaming_from_primary = false;
+        let v = cluster(vec![primary(0, 100), a.clone(), b]);
+        assert_eq!(decide(&v, &policy()), vec![Action::Attach { node: 1 }]);
+        a.pg.as_mut().unwrap().timeline = 0;
+        let v = cluster(vec![primary(0, 100), a]);
+        assert!(decide(&v, &policy()).is_empty());
+    }
+
+    #[test]
+    fn start_up_picks_highest_timeline_then_followed_then_first() {
+        let mut v = cluster(vec![primary(0, 1), primary(1, 1), primary(2, 1)]);
+        v.primary = None;
+        assert_eq!(initial_primary(&v), Some(0));
+        v.nodes[2].pg.as_mut().unwrap().timeline = 2;
+        assert_eq!(initial_primary(&v), Some(2));
+        v.nodes[2].pg.as_mut().unwrap().timeline = 1;
+        let mut s = standby(3, 1);
+        s.pg.as_mut().unwrap().upstream_host = Some("pg-1".into());
+        v.nodes.push(s);
+        assert_eq!(initial_primary(&v), Some(1));
+        assert_eq!(
+            decide(&v, &policy()),
+            vec![Action::AdoptPrimary { node: 1 }]
+        );
+    }
+}

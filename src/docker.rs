@@ -1,0 +1,586 @@
+//! Container lifecycle through the Docker API (bollard).
+//!
+//! Reads: container state and specs of the cluster's node containers, the Docker event stream.
+//! Changes: kills, stops, starts node containers, sets their restart policy, disconnects them from
+//! networks, and runs one-off job containers on a node's volumes. Called on demand by the
+//! reconcile loop, failover and recovery; every call has a timeout.
+//!
+//! Scope is enforced here, at the only door to Docker: a container is touched only when it carries
+//! the cluster's compose project label (and the optional cluster label). Nothing else gets through.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bollard::models::{
+    ContainerCreateBody, ContainerStateStatusEnum, ContainerUpdateBody, EndpointSettings,
+    HostConfig, NetworkingConfig, RestartPolicy, RestartPolicyNameEnum,
+};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, EventsOptionsBuilder, KillContainerOptionsBuilder,
+    ListContainersOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
+    StopContainerOptionsBuilder, WaitContainerOptionsBuilder,
+};
+use bollard::Docker;
+use futures_util::{Stream, StreamExt};
+use serde::Serialize;
+
+/// Compose's label naming the project a container belongs to.
+pub const PROJECT_LABEL: &str = "com.docker.compose.project";
+/// Compose's label naming the service (our node's host name).
+pub const SERVICE_LABEL: &str = "com.docker.compose.service";
+/// Label put on every job container, so tests and operators can find leftovers.
+pub const JOB_LABEL: &str = "pgpool-sidecar.job";
+
+const API_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum DockerError {
+    #[error("cannot reach the Docker daemon: {0}")]
+    Unreachable(String),
+    #[error("Docker {operation} timed out")]
+    TimedOut { operation: &'static str },
+    #[error("Docker {operation} on {container} failed: {message}")]
+    Call {
+        operation: &'static str,
+        container: String,
+        message: String,
+    },
+    #[error("container {0} is outside this cluster's scope; refusing to touch it")]
+    OutOfScope(String),
+    #[error("no container found for node {0}")]
+    NoContainer(String),
+    #[error("job {name} failed with exit code {code}")]
+    JobFailed { name: String, code: i64 },
+    #[error("job {name} did not finish within {seconds} s and was killed")]
+    JobTimedOut { name: String, seconds: u64 },
+}
+
+impl DockerError {
+    /// The Docker operation, as the `operation` label of `docker_api_errors_total`.
+    pub fn operation(&self) -> &'static str {
+        match self {
+            DockerError::Unreachable(_) => "connect",
+            DockerError::TimedOut { operation } | DockerError::Call { operation, .. } => operation,
+            DockerError::OutOfScope(_) => "scope",
+            DockerError::NoContainer(_) => "find",
+            DockerError::JobFailed { .. } | DockerError::JobTimedOut { .. } => "job",
+        }
+    }
+}
+
+/// Which containers the sidecar may act on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Scope {
+    pub project: String,
+    pub label: Option<(String, String)>,
+}
+
+impl Scope {
+    fn admits(&self, labels: &HashMap<String, String>) -> bool {
+        labels.get(PROJECT_LABEL) == Some(&self.project)
+            && self
+                .label
+                .as_ref()
+                .is_none_or(|(k, v)| labels.get(k) == Some(v))
+    }
+}
+
+/// What the sidecar needs to know of a node's container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum ContainerStatus {
+    Missing,
+    Created,
+    Running,
+    Paused,
+    Restarting,
+    Exited,
+    Dead,
+    Removing,
+}
+
+impl ContainerStatus {
+    pub fn is_up(&self) -> bool {
+        matches!(self, ContainerStatus::Running)
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ContainerInfo {
+    pub id: String,
+    pub name: String,
+    pub status: ContainerStatus,
+    pub health: Option<String>,
+    pub restart_policy: Option<String>,
+    pub image: String,
+    pub pgdata: String,
+    /// What a job container must share with the node.
+    #[serde(skip)]
+    pub spec: JobSpec,
+}
+
+/// The parts of a node container a job container must share: image, mounts, network.
+#[derive(Debug, Clone, Default)]
+pub struct JobSpec {
+    pub image: String,
+    /// Bind strings `source:destination[:mode]` for binds and named/anonymous volumes alike.
+    pub binds: Vec<String>,
+    pub network: Option<String>,
+}
+
+/// A Docker event about a container of the cluster.
+#[derive(Debug, Clone)]
+pub struct ContainerEvent {
+    pub service: String,
+    pub action: String,
+    /// For `kill`: the signal sent (a `docker stop` sends the stop signal first).
+    pub signal: Option<String>,
+    pub time_nano: i64,
+}
+
+#[derive(Clone)]
+pub struct DockerRuntime {
+    docker: Docker,
+    scope: Scope,
+}
+
+async fn timed<T, F>(operation: &'static str, fut: F) -> Result<T, DockerError>
+where
+    F: std::future::Future<Output = Result<T, bollard::errors::Error>>,
+{
+    timed_for(operation, "", API_TIMEOUT, fut).await
+}
+
+async fn timed_for<T, F>(
+    operation: &'static str,
+    container: &str,
+    limit: Duration,
+    fut: F,
+) -> Result<T, DockerError>
+where
+    F: std::future::Future<Output = Result<T, bollard::errors::Error>>,
+{
+    match tokio::time::timeout(limit, fut).await {
+        Err(_) => Err(DockerError::TimedOut { operation }),
+        Ok(Err(e)) => Err(DockerError::Call {
+            operation,
+            container: container.to_string(),
+            message: e.to_string(),
+        }),
+        Ok(Ok(v)) => Ok(v),
+    }
+}
+
+impl DockerRuntime {
+    /// Connects to the local daemon (or `DOCKER_HOST`) and negotiates the API version: never a
+    /// pinned version, since Docker 20.10 tops out at 1.41 and Docker 29 wants at least 1.44.
+    pub async fn connect() -> Result<Docker, DockerError> {
+        let docker = Docker::connect_with_local_defaults()
+            .map_err(|e| DockerError::Unreachable(e.to_string()))?;
+        tokio::time::timeout(API_TIMEOUT, docker.negotiate_version())
+            .await
+            .map_err(|_| DockerError::TimedOut {
+                operation: "negotiate_version",
+            })?
+            .map_err(|e| DockerError::Unreachable(e.to_string()))
+    }
+
+    pub fn new(docker: Docker, scope: Scope) -> Self {
+        DockerRuntime { docker, scope }
+    }
+
+    pub fn scope(&self) -> &Scope {
+        &self.scope
+    }
+
+    /// The compose project of the container this process runs in, when it runs in one: compose
+    /// sets the container's hostname to its short id.
+    pub async fn own_project(docker: &Docker) -> Option<String> {
+        let host = std::fs::read_to_string("/etc/hostname").ok()?;
+        let inspect = timed("inspect", docker.inspect_container(host.trim(), None))
+            .await
+            .ok()?;
+        inspect.config?.labels?.get(PROJECT_LABEL).cloned()
+    }
+
+    /// Finds the container of compose service `service` in scope (running or not).
+    pub async fn find(&self, service: &str) -> Result<Option<ContainerInfo>, DockerError> {
+        let mut filters = HashMap::new();
+        let mut labels = vec![
+            format!("{PROJECT_LABEL}={}", self.scope.project),
+            format!("{SERVICE_LABEL}={service}"),
+        ];
+        if let Some((k, v)) = &self.scope.label {
+            labels.push(format!("{k}={v}"));
+        }
+        filters.insert("label", labels);
+        let opts = ListContainersOptionsBuilder::new()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let list = timed("list", self.docker.list_containers(Some(opts))).await?;
+        // Prefer a running container when compose left an old one behind.
+        let mut best: Option<ContainerInfo> = None;
+        for summary in list {
+            let Some(id) = summary.id else { continue };
+            let info = self.inspect(&id).await?;
+            let better = match &best {
+                None => true,
+                Some(b) => !b.status.is_up() && info.status.is_up(),
+            };
+            if better {
+                best = Some(info);
+            }
+        }
+        Ok(best)
+    }
+
+    /// Inspects a container and checks that it is in scope.
+    pub async fn inspect(&self, id: &str) -> Result<ContainerInfo, DockerError> {
+        let c = timed_for(
+            "inspect",
+            id,
+            API_TIMEOUT,
+            self.docker.inspect_container(id, None),
+        )
+        .await?;
+        let config = c.config.clone().unwrap_or_default();
+        let labels = config.labels.clone().unwrap_or_default();
+        if !self.scope.admits(&labels) {
+            return Err(DockerError::OutOfScope(id.to_string()));
+        }
+        let state = c.state.clone().unwrap_or_default();
+        let status = match state.status {
+            Some(ContainerStateStatusEnum::RUNNING) => ContainerStatus::Running,
+            Some(ContainerStateStatusEnum::PAUSED) => ContainerStatus::Paused,
+            Some(ContainerStateStatusEnum::RESTARTING) => ContainerStatus::Restarting,
+            Some(ContainerStateStatusEnum::CREATED) => ContainerStatus::Created,
+            Some(ContainerStateStatusEnum::REMOVING) => ContainerStatus::Removing,
+            Some(ContainerStateStatusEnum::DEAD) => ContainerStatus::Dead,
+            _ => ContainerStatus::Exited,
+        };
+        let health = state
+            .health
+            .and_then(|h| h.status)
+            .map(|s| s.to_string())
+            .filter(|s| !s.is_empty());
+        let host_config = c.host_config.clone().unwrap_or_default();
+        let restart_policy = host_config
+            .restart_policy
+            .and_then(|p| p.name)
+            .map(|n| n.to_string());
+        let env = config.env.clone().unwrap_or_default();
+        let pgdata = env
+            .iter()
+            .find_map(|e| e.strip_prefix("PGDATA="))
+            .unwrap_or("/var/lib/postgresql/data")
+            .to_string();
+        let binds = c
+            .mounts
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|m| {
+                // Named and anonymous volumes are addressed by name, binds by host path.
+                let source = if m.typ.as_deref() == Some("volume") {
+                    m.name?
+                } else {
+                    m.source?
+                };
+                let dest = m.destination?;
+                Some(if m.rw == Some(false) {
+                    format!("{source}:{dest}:ro")
+                } else {
+                    format!("{source}:{dest}")
+                })
+            })
+            .collect();
+        let network = c
+            .network_settings
+            .and_then(|n| n.networks)
+            .and_then(|n| n.into_keys().next());
+        let image = config.image.clone().unwrap_or_default();
+        Ok(ContainerInfo {
+            id: c.id.unwrap_or_else(|| id.to_string()),
+            name: c
+                .name
+                .unwrap_or_default()
+                .trim_start_matches('/')
+                .to_string(),
+            status,
+            health,
+            restart_policy,
+            image: image.clone(),
+            pgdata,
+            spec: JobSpec {
+                image,
+                binds,
+                network,
+            },
+        })
+    }
+
+    /// Fencing: make sure Docker will not bring the container back, then SIGKILL it.
+    /// The restart policy goes first, or `always`/`unless-stopped` would revive the old primary.
+    pub async fn fence_kill(&self, c: &ContainerInfo) -> Result<(), DockerError> {
+        self.set_restart_no(c).await?;
+        let opts = KillContainerOptionsBuilder::new().signal("SIGKILL").build();
+        match timed_for(
+            "kill",
+            &c.name,
+            API_TIMEOUT,
+            self.docker.kill_container(&c.id, Some(opts)),
+        )
+        .await
+        {
+            Ok(()) => Ok(()),
+            // Killing a container that is already down is a success: fencing is idempotent.
+            Err(e) if e.to_string().contains("is not running") => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub async fn set_restart_no(&self, c: &ContainerInfo) -> Result<(), DockerError> {
+        let body = ContainerUpdateBody {
+            restart_policy: Some(RestartPolicy {
+                name: Some(RestartPolicyNameEnum::NO),
+                maximum_retry_count: None,
+            }),
+            ..Default::default()
+        };
+        timed_for(
+            "update",
+            &c.name,
+            API_TIMEOUT,
+            self.docker.update_container(&c.id, body),
+        )
+        .await
+    }
+
+    /// Cuts a container off every network it is on: the fallback when it cannot be killed.
+    pub async fn disconnect_all(&self, c: &ContainerInfo) -> Result<(), DockerError> {
+        let inspect = timed("inspect", self.docker.inspect_container(&c.id, None)).await?;
+        let nets = inspect
+            .network_settings
+            .and_then(|n| n.networks)
+            .unwrap_or_default();
+        for net in nets.keys() {
+            let req = bollard::models::NetworkDisconnectRequest {
+                container: c.id.clone(),
+                force: Some(true),
+            };
+            timed_for(
+                "disconnect",
+                &c.name,
+                API_TIMEOUT,
+                self.docker.disconnect_network(net, req),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Clean stop (the image's stop signal, SIGINT for postgres: a fast shutdown).
+    pub async fn stop(&self, c: &ContainerInfo, grace: Duration) -> Result<(), DockerError> {
+        let opts = StopContainerOptionsBuilder::new()
+            .t(grace.as_secs() as i32)
+            .build();
+        match timed_for(
+            "stop",
+            &c.name,
+            grace + API_TIMEOUT,
+            self.docker.stop_container(&c.id, Some(opts)),
+        )
+        .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) if e.to_string().contains("304") => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub async fn start(&self, c: &ContainerInfo) -> Result<(), DockerError> {
+        match timed_for(
+            "start",
+            &c.name,
+            API_TIMEOUT,
+            self.docker.start_container(&c.id, None),
+        )
+        .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) if e.to_string().contains("304") => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Runs `script` with bash, as user postgres, in a one-off container that shares the node's
+    /// image, volumes and network: the only way to work on PGDATA while postgres (the node's PID 1)
+    /// is down. Returns the job's output; the container is removed whatever happens.
+    pub async fn run_job(
+        &self,
+        node: &ContainerInfo,
+        job: &str,
+        script: &str,
+        env: Vec<String>,
+        limit: Duration,
+    ) -> Result<String, DockerError> {
+        let name = format!(
+            "{}-{}-{}",
+            node.name,
+            job,
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis())
+                .unwrap_or_default()
+        );
+        let mut labels = HashMap::new();
+        labels.insert(JOB_LABEL.to_string(), job.to_string());
+        labels.insert(
+            "pgpool-sidecar.cluster".to_string(),
+            self.scope.project.clone(),
+        );
+        let mut env = env;
+        env.push(format!("PGDATA={}", node.pgdata));
+        let networking = node.spec.network.as_ref().map(|n| NetworkingConfig {
+            endpoints_config: Some(HashMap::from([(n.clone(), EndpointSettings::default())])),
+        });
+        let body = ContainerCreateBody {
+            image: Some(node.spec.image.clone()),
+            entrypoint: Some(vec!["bash".into(), "-ec".into(), script.into()]),
+            cmd: Some(vec![]),
+            user: Some("postgres".into()),
+            env: Some(env),
+            labels: Some(labels),
+            host_config: Some(HostConfig {
+                binds: Some(node.spec.binds.clone()),
+                network_mode: node.spec.network.clone(),
+                ..Default::default()
+            }),
+            networking_config: networking,
+            ..Default::default()
+        };
+        let opts = CreateContainerOptionsBuilder::new().name(&name).build();
+        let created = timed_for(
+            "create",
+            &name,
+            API_TIMEOUT,
+            self.docker.create_container(Some(opts), body),
+        )
+        .await?;
+        let id = created.id;
+        let result = self.run_and_wait(&id, &name, limit).await;
+        let logs = self.logs(&id).await.unwrap_or_default();
+        let rm = RemoveContainerOptionsBuilder::new().force(true).build();
+        let _ = timed("remove", self.docker.remove_container(&id, Some(rm))).await;
+        match result {
+            Ok(0) => Ok(logs),
+            Ok(code) => {
+                tracing::warn!(job = %name, %logs, "job failed");
+                Err(DockerError::JobFailed { name, code })
+            }
+            Err(e) => {
+                tracing::warn!(job = %name, %logs, "job did not finish");
+                Err(e)
+            }
+        }
+    }
+
+    async fn run_and_wait(
+        &self,
+        id: &str,
+        name: &str,
+        limit: Duration,
+    ) -> Result<i64, DockerError> {
+        timed_for(
+            "start",
+            name,
+            API_TIMEOUT,
+            self.docker.start_container(id, None),
+        )
+        .await?;
+        let opts = WaitContainerOptionsBuilder::new()
+            .condition("not-running")
+            .build();
+        let mut wait = self.docker.wait_container(id, Some(opts));
+        match tokio::time::timeout(limit, wait.next()).await {
+            Err(_) => {
+                let _ = self
+                    .docker
+                    .kill_container(id, None::<bollard::query_parameters::KillContainerOptions>)
+                    .await;
+                Err(DockerError::JobTimedOut {
+                    name: name.to_string(),
+                    seconds: limit.as_secs(),
+                })
+            }
+            Ok(Some(Ok(r))) => Ok(r.status_code),
+            // bollard reports a non-zero exit as an error carrying the code.
+            Ok(Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. }))) => {
+                Ok(code)
+            }
+            Ok(Some(Err(e))) => Err(DockerError::Call {
+                operation: "wait",
+                container: name.to_string(),
+                message: e.to_string(),
+            }),
+            Ok(None) => Err(DockerError::Call {
+                operation: "wait",
+                container: name.to_string(),
+                message: "wait stream ended without a status".into(),
+            }),
+        }
+    }
+
+    async fn logs(&self, id: &str) -> Result<String, DockerError> {
+        let opts = LogsOptionsBuilder::new().stdout(true).stderr(true).build();
+        let mut stream = self.docker.logs(id, Some(opts));
+        let mut out = String::new();
+        let collect = async {
+            while let Some(Ok(frame)) = stream.next().await {
+                out.push_str(&String::from_utf8_lossy(&frame.into_bytes()));
+            }
+        };
+        let _ = tokio::time::timeout(API_TIMEOUT, collect).await;
+        Ok(out)
+    }
+
+    /// The cluster's container events from `since` (unix nanoseconds) on. The stream ends when
+    /// the daemon connection drops; the caller reconnects with the last `time_nano` seen.
+    pub fn events(
+        &self,
+        since_nanos: Option<i64>,
+    ) -> impl Stream<Item = Result<ContainerEvent, DockerError>> + Send + 'static {
+        let mut filters = HashMap::new();
+        filters.insert("type", vec!["container".to_string()]);
+        filters.insert(
+            "label",
+            vec![format!("{PROJECT_LABEL}={}", self.scope.project)],
+        );
+        let mut b = EventsOptionsBuilder::new().filters(&filters);
+        let since;
+        if let Some(ns) = since_nanos {
+            since = format!("{}.{:09}", ns / 1_000_000_000, ns % 1_000_000_000);
+            b = b.since(&since);
+        }
+        self.docker
+            .events(Some(b.build()))
+            .filter_map(|r| async move {
+                match r {
+                    Err(e) => Some(Err(DockerError::Call {
+                        operation: "events",
+                        container: String::new(),
+                        message: e.to_string(),
+                    })),
+                    Ok(m) => {
+                        let attrs = m.actor.and_then(|a| a.attributes).unwrap_or_default();
+                        Some(Ok(ContainerEvent {
+                            service: attrs.get(SERVICE_LABEL)?.clone(),
+                            action: m.action.unwrap_or_default(),
+                            signal: attrs.get("signal").cloned(),
+                            time_nano: m.time_nano.unwrap_or_default(),
+                        }))
+                    }
+                }
+            })
+    }
+}

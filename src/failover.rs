@@ -1,0 +1,290 @@
+//! Failover of the primary: fence, choose, promote, re-point, record.
+//!
+//! Reads: fresh probes of every standby, the primary's last known WAL position.
+//! Changes: kills the old primary's container (restart policy `no` first; network disconnect when
+//! it cannot be killed), promotes the chosen standby over SQL, re-points the other standbys,
+//! keeps `synchronous_standby_names` right, updates the authoritative primary, records metrics.
+//! Runs on demand from three triggers (pgpool's hook, Docker events, the probe loop); the
+//! `failover_lock` makes it single-flight and the primary check makes a repeat a no-op.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures_util::future::join_all;
+
+use crate::cluster::{choose_candidate, NoCandidate, Policy};
+use crate::docker::DockerError;
+use crate::postgres::{primary_conninfo, synchronous_standby_names, PgError};
+use crate::state::{Ctx, FailoverRecord, NodeState};
+
+#[derive(Debug, thiserror::Error)]
+pub enum FailoverError {
+    #[error("cannot fence old primary {node}: {source}")]
+    FenceFailed { node: String, source: DockerError },
+    #[error("no standby may be promoted: {0}")]
+    NoCandidate(#[from] NoCandidate),
+    #[error("promotion failed: {0}")]
+    PromoteFailed(#[from] PgError),
+}
+
+/// What a failover request ended in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The node was not (or no longer) the primary: nothing to do.
+    NotPrimary {
+        current: Option<usize>,
+    },
+    /// The "failed" primary answered and is writable: no failover.
+    PrimaryAlive,
+    Promoted {
+        new_primary: usize,
+    },
+}
+
+fn policy(ctx: &Ctx) -> Policy {
+    Policy {
+        probe_failures: ctx.cfg.probe_failures,
+        max_lag_on_failover: ctx.cfg.max_lag_on_failover,
+        priorities: ctx.cfg.priorities.clone(),
+    }
+}
+
+/// Is the primary really gone? pgpool also calls its failover hook on a single broken backend
+/// connection; a quick look keeps a live primary from being fenced for that.
+async fn primary_alive(ctx: &Ctx, node: usize) -> bool {
+    let name = ctx.node_name(node).to_string();
+    match ctx.docker.find(&name).await {
+        Ok(Some(c)) if c.status.is_up() => {}
+        Ok(_) => return false,
+        // Docker unreachable: fall through to SQL, it is the better witness anyway.
+        Err(_) => {}
+    }
+    let mut s = ctx.sessions[node].lock().await;
+    let limit = ctx.probe_timeout().min(Duration::from_millis(500));
+    matches!(s.probe(limit).await, Ok(pg) if !pg.in_recovery)
+}
+
+/// Fences `node`: kill (restart policy `no` first), or cut it off the networks if it cannot be
+/// killed. Idempotent: a node already down is fenced by setting its policy.
+pub async fn fence(ctx: &Ctx, node: usize) -> Result<(), FailoverError> {
+    let name = ctx.node_name(node).to_string();
+    let fence_err = |source| FailoverError::FenceFailed {
+        node: name.clone(),
+        source,
+    };
+    let container = match ctx.docker.find(&name).await {
+        Ok(Some(c)) => c,
+        // No container at all: nothing can run it, which is what fencing wants.
+        Ok(None) => return Ok(()),
+        Err(e) => {
+            ctx.metrics
+                .docker_api_errors
+                .with_label_values(&[e.operation()])
+                .inc();
+            return Err(fence_err(e));
+        }
+    };
+    match ctx.docker.fence_kill(&container).await {
+        Ok(()) => {
+            ctx.metrics
+                .fencing_actions
+                .with_label_values(&["kill", "success"])
+                .inc();
+            tracing::warn!(node = %name, "fenced: container killed, restart policy set to no");
+            Ok(())
+        }
+        Err(e) => {
+            ctx.metrics
+                .fencing_actions
+                .with_label_values(&["kill", "failure"])
+                .inc();
+            ctx.metrics
+                .docker_api_errors
+                .with_label_values(&[e.operation()])
+                .inc();
+            tracing::error!(node = %name, error = %e, "cannot kill old primary; disconnecting it");
+            match ctx.docker.disconnect_all(&container).await {
+                Ok(()) => {
+                    ctx.metrics
+                        .fencing_actions
+                        .with_label_values(&["disconnect", "success"])
+                        .inc();
+                    Ok(())
+                }
+                Err(e) => {
+                    ctx.metrics
+                        .fencing_actions
+                        .with_label_values(&["disconnect", "failure"])
+                        .inc();
+                    Err(fence_err(e))
+                }
+            }
+        }
+    }
+}
+
+/// Fails over from `old`. `verify` asks for the liveness check first (pgpool's hook); the
+/// sidecar's own triggers have already seen the primary fail.
+pub async fn failover(
+    ctx: &Arc<Ctx>,
+    old: usize,
+    trigger: &str,
+    reason: &str,
+    verify: bool,
+) -> Result<Outcome, FailoverError> {
+    let _guard = ctx.failover_lock.lock().await;
+    let current = ctx.primary();
+    if current != Some(old) {
+        return Ok(Outcome::NotPrimary { current });
+    }
+    let started = Instant::now();
+    if verify && primary_alive(ctx, old).await {
+        tracing::warn!(node = %ctx.node_name(old), trigger, "primary reported failed but answers; no failover");
+        return Ok(Outcome::PrimaryAlive);
+    }
+    tracing::warn!(node = %ctx.node_name(old), trigger, reason, "Primary node is down. Performing failover...");
+    let result = run(ctx, old).await;
+    let seconds = started.elapsed().as_secs_f64();
+    let label = if result.is_ok() { "success" } else { "failure" };
+    ctx.metrics.failovers.with_label_values(&[label]).inc();
+    ctx.metrics
+        .failover_duration
+        .with_label_values(&[label])
+        .observe(seconds);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or_default();
+    if result.is_ok() {
+        ctx.metrics.last_failover.set(now);
+    }
+    let record = FailoverRecord {
+        old_primary: old,
+        new_primary: result.as_ref().ok().copied(),
+        trigger: trigger.to_string(),
+        reason: reason.to_string(),
+        seconds,
+        result: match &result {
+            Ok(_) => "success".into(),
+            Err(e) => e.to_string(),
+        },
+        at_unix: now,
+    };
+    ctx.with_state(|s| s.last_failover = Some(record));
+    match result {
+        Ok(new_primary) => {
+            tracing::warn!(
+                old = %ctx.node_name(old),
+                new = %ctx.node_name(new_primary),
+                seconds,
+                "failover complete"
+            );
+            if trigger != "pgpool" {
+                // pgpool still routes to the old primary until told; its own failover then
+                // calls our hook (a no-op now) and follow_primary for the standbys.
+                let c = ctx.clone();
+                ctx.spawn(format!("pgpool-detach-{old}"), async move {
+                    if let Err(e) = c.pgpool.detach(old, Duration::from_secs(30)).await {
+                        tracing::warn!(error = %e, "pcp_detach_node of the old primary failed");
+                    }
+                });
+            }
+            ctx.wake.notify_one();
+            Ok(Outcome::Promoted { new_primary })
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "failover failed");
+            ctx.with_state(|s| s.last_refusal = Some(e.to_string()));
+            Err(e)
+        }
+    }
+}
+
+async fn run(ctx: &Arc<Ctx>, old: usize) -> Result<usize, FailoverError> {
+    // 1. Fence before anything can be promoted: two writable primaries must never coexist.
+    fence(ctx, old).await?;
+    ctx.with_state(|s| {
+        s.fenced.insert(old);
+        s.node_state.insert(old, NodeState::Fenced);
+    });
+
+    // 2. Fresh positions of every standby, all at once.
+    let timeout = ctx.probe_timeout();
+    let others: Vec<usize> = (0..ctx.cfg.nodes.len()).filter(|&n| n != old).collect();
+    let probes = join_all(others.iter().map(|&n| async move {
+        let mut s = ctx.sessions[n].lock().await;
+        (n, s.probe(timeout).await.ok())
+    }))
+    .await;
+    let (mut view, old_lsn) = ctx.with_state(|s| (s.view.clone(), s.last_primary_lsn));
+    for (n, pg) in probes {
+        if let Some(node) = view.nodes.get_mut(n) {
+            node.pg = pg;
+            node.fenced = ctx.with_state(|s| s.fenced.contains(&n));
+        }
+    }
+    let candidate = choose_candidate(&view, &policy(ctx), old, old_lsn)?;
+    let cand_name = ctx.node_name(candidate).to_string();
+    tracing::info!(candidate = %cand_name, "promoting the most advanced standby");
+
+    // 3. Promote over SQL and wait until it accepts writes.
+    ctx.sessions[candidate]
+        .lock()
+        .await
+        .promote(Duration::from_secs(30))
+        .await?;
+    ctx.with_state(|s| {
+        s.view.primary = Some(candidate);
+        s.last_primary_lsn = None;
+        s.node_state.insert(candidate, NodeState::Primary);
+    });
+
+    // 4. Keep synchronous replication right: name only the nodes that can still stream.
+    let live: Vec<usize> = view
+        .nodes
+        .iter()
+        .filter(|n| n.id != old && n.id != candidate && n.pg.is_some() && !n.fenced)
+        .map(|n| n.id)
+        .collect();
+    if ctx.cfg.synchronous_standbys > 0 {
+        let names: Vec<String> = live.iter().map(|&n| ctx.node_name(n).to_string()).collect();
+        let value = synchronous_standby_names(ctx.cfg.synchronous_standbys, &names);
+        if let Err(e) = ctx.sessions[candidate]
+            .lock()
+            .await
+            .set_synchronous_standbys(&value, timeout)
+            .await
+        {
+            tracing::error!(error = %e, "cannot set synchronous_standby_names on the new primary");
+        }
+    }
+
+    // 5. Re-point the other standbys at the new primary, all at once.
+    join_all(live.iter().map(|&n| repoint(ctx, n, candidate))).await;
+    Ok(candidate)
+}
+
+/// Points standby `node` at `primary`. Idempotent: the same conninfo again is a no-op reload.
+pub async fn repoint(ctx: &Ctx, node: usize, primary: usize) {
+    let p = &ctx.cfg.nodes[primary];
+    let conninfo = primary_conninfo(
+        &p.host,
+        p.port,
+        &ctx.cfg.replication_user,
+        &ctx.cfg.replication_password,
+        ctx.node_name(node),
+    );
+    let result = ctx.sessions[node]
+        .lock()
+        .await
+        .set_primary_conninfo(&conninfo, ctx.probe_timeout().max(Duration::from_secs(2)))
+        .await;
+    match result {
+        Ok(()) => {
+            tracing::info!(node = %ctx.node_name(node), primary = %p.host, "standby re-pointed")
+        }
+        Err(e) => {
+            tracing::error!(node = %ctx.node_name(node), error = %e, "cannot re-point standby")
+        }
+    }
+}

@@ -1,0 +1,22 @@
+//! pgpool-sidecar: runs pgpool-II and keeps a Docker-hosted PostgreSQL streaming-replication
+//! cluster highly available.
+//!
+//! The flow, one module per step: observe ([`reconcile`], [`docker`], [`postgres`],
+//! [`pgpool::control`]) → decide ([`cluster`], pure) → act ([`failover`], [`recovery`],
+//! [`pgpool::supervisor`]) → record ([`metrics`], [`http`]). [`daemon`] wires them together.
+#![forbid(unsafe_code)]
+
+pub mod cluster;
+pub mod config;
+pub mod daemon;
+pub mod docker;
+pub mod failover;
+pub mod hook;
+pub mod http;
+pub mod metrics;
+pub mod pgpool;
+pub mod postgres;
+pub mod reaper;
+pub mod reconcile;
+pub mod recovery;
+pub mod state;

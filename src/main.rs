@@ -1,0 +1,183 @@
+//! The `pgpool-sidecar` command: a thin shell over the library.
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use pgpool_sidecar::config::{self, LogFormat, ProcessEnv, DEFAULT_HOOK_SOCKET};
+use pgpool_sidecar::{daemon, hook};
+
+/// Exit code for bad configuration (EX_USAGE).
+const EXIT_CONFIG: u8 = 64;
+
+#[derive(Parser)]
+#[command(
+    name = "pgpool-sidecar",
+    version,
+    about = "pgpool-II plus automatic failover and recovery for PostgreSQL on Docker"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon (the container's PID 1): supervise pgpool and manage the cluster.
+    Run,
+    /// Validate the configuration from the environment and print it with secrets redacted.
+    Configcheck,
+    /// Exit 0 when the local daemon reports ready (for container healthchecks).
+    Healthcheck,
+    /// Called by pgpool (failover_command / follow_primary_command); forwards to the daemon.
+    Hook {
+        /// The daemon's hook socket.
+        #[arg(long, default_value = DEFAULT_HOOK_SOCKET)]
+        socket: PathBuf,
+        /// Seconds to wait for the daemon's answer.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+        #[command(subcommand)]
+        call: HookCall,
+    },
+}
+
+#[derive(Subcommand)]
+enum HookCall {
+    /// pgpool detached a node (`%d %P`).
+    Failover {
+        /// The failed node id (%d).
+        failed_node: i64,
+        /// pgpool's primary node id before the failure (%P; -1 when none).
+        old_primary: i64,
+        /// pgpool's new main node id (%m); ignored: the sidecar chooses the new primary.
+        new_main: Option<i64>,
+    },
+    /// pgpool asks standby `node` (%d) to follow the new primary (%m).
+    FollowPrimary { node: i64, new_primary: i64 },
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn load_config() -> Result<config::Config, ExitCode> {
+    config::load(&ProcessEnv).map_err(|e| {
+        eprintln!("pgpool-sidecar: invalid configuration:\n{e}");
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Run => {
+            let cfg = match load_config() {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            init_tracing(cfg.log_format);
+            tracing::info!(
+                version = env!("CARGO_PKG_VERSION"),
+                "pgpool-sidecar starting"
+            );
+            match daemon::run(cfg).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = %e, "pgpool-sidecar failed");
+                    eprintln!("pgpool-sidecar: {e}");
+                    ExitCode::from(e.exit_code() as u8)
+                }
+            }
+        }
+        Command::Configcheck => match load_config() {
+            Ok(cfg) => {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&cfg.redacted()).expect("json")
+                );
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+        Command::Healthcheck => healthcheck().await,
+        Command::Hook {
+            socket,
+            timeout,
+            call,
+        } => {
+            let req = match call {
+                HookCall::Failover {
+                    failed_node,
+                    old_primary,
+                    ..
+                } => hook::HookRequest::Failover {
+                    failed_node,
+                    old_primary,
+                },
+                HookCall::FollowPrimary { node, new_primary } => {
+                    hook::HookRequest::FollowPrimary { node, new_primary }
+                }
+            };
+            match hook::call(&socket, &req, Duration::from_secs(timeout)).await {
+                Ok(msg) => {
+                    println!("pgpool-sidecar hook: {msg}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("pgpool-sidecar hook: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+/// GET /readyz on the local daemon's port; no HTTP client library needed for one request line.
+async fn healthcheck() -> ExitCode {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let port = std::env::var("PGPOOL_SIDECAR_HTTP_LISTEN")
+        .ok()
+        .and_then(|v| {
+            v.rsplit(':')
+                .next()
+                .and_then(|p| p.trim().parse::<u16>().ok())
+        })
+        .unwrap_or(9720);
+    let attempt = async {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+        s.write_all(b"GET /readyz HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            .await?;
+        let mut buf = String::new();
+        s.read_to_string(&mut buf).await?;
+        Ok::<_, std::io::Error>(buf)
+    };
+    match tokio::time::timeout(Duration::from_secs(3), attempt).await {
+        Ok(Ok(resp)) if resp.starts_with("HTTP/1.1 200") || resp.starts_with("HTTP/1.0 200") => {
+            ExitCode::SUCCESS
+        }
+        Ok(Ok(resp)) => {
+            eprintln!("not ready: {}", resp.lines().last().unwrap_or(""));
+            ExitCode::FAILURE
+        }
+        Ok(Err(e)) => {
+            eprintln!("not ready: {e}");
+            ExitCode::FAILURE
+        }
+        Err(_) => {
+            eprintln!("not ready: no answer within 3 s");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,315 @@
+//! Prometheus metrics (prefix `pgpool_sidecar_`), in a registry of our own.
+//!
+//! Reads: nothing. Changes: the series below; the reconcile loop sets gauges once per probe
+//! interval, failover and recovery count their actions. Known label values are initialised to 0
+//! so a series exists before its first event.
+
+use prometheus::{
+    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::pgpool::control::PoolStatus;
+
+const DURATION_BUCKETS: &[f64] = &[
+    0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+];
+
+pub const ROLES: [&str; 3] = ["primary", "standby", "unknown"];
+
+/// Every series the sidecar exports; cloned handles are cheap (Arc inside).
+#[derive(Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    pub up: IntGauge,
+    pub backend_up: IntGaugeVec,
+    pub backend_role: IntGaugeVec,
+    pub backend_timeline: IntGaugeVec,
+    pub primary_count: IntGauge,
+    pub pgpool_backend_status: IntGaugeVec,
+    pub replication_streaming: IntGaugeVec,
+    pub replication_lag_bytes: IntGaugeVec,
+    pub replication_lag_seconds: GaugeVec,
+    pub node_foreign: IntGaugeVec,
+    pub failovers: IntCounterVec,
+    pub failover_duration: HistogramVec,
+    pub last_failover: Gauge,
+    pub switchovers: IntCounterVec,
+    pub switchover_duration: HistogramVec,
+    pub recoveries: IntCounterVec,
+    pub recovery_duration: HistogramVec,
+    pub fencing_actions: IntCounterVec,
+    pub docker_api_errors: IntCounterVec,
+    pub pgpool_restarts: IntCounter,
+}
+
+fn name(n: &str) -> String {
+    format!("pgpool_sidecar_{n}")
+}
+
+macro_rules! reg {
+    ($r:expr, $m:expr) => {{
+        let m = $m.expect("metric definition");
+        $r.register(Box::new(m.clone())).expect("unique metric");
+        m
+    }};
+}
+
+impl Metrics {
+    pub fn new(node_count: usize) -> Self {
+        let r = Registry::new();
+        let nodes: Vec<String> = (0..node_count).map(|i| i.to_string()).collect();
+        let build_info = reg!(
+            r,
+            IntGaugeVec::new(
+                Opts::new(name("build_info"), "Build information; always 1."),
+                &["version"]
+            )
+        );
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        let m = Metrics {
+            up: reg!(
+                r,
+                IntGauge::new(name("up"), "1 when pgpool answered SHOW POOL_NODES.")
+            ),
+            backend_up: reg!(
+                r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        name("backend_up"),
+                        "1 when the sidecar's own SQL probe of the node succeeded."
+                    ),
+                    &["node"]
+                )
+            ),
+            backend_role: reg!(
+                r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        name("backend_role"),
+                        "Role of the node as a state set (1 for the current role)."
+                    ),
+                    &["node", "role"]
+                )
+            ),
+            backend_timeline: reg!(
+                r,
+                IntGaugeVec::new(
+                    Opts::new(name("backend_timeline"), "Timeline the node is on."),
+                    &["node"]
+                )
+            ),
+            primary_count: reg!(
+                r,
+                IntGauge::new(
+                    name("primary_count"),
+                    "Nodes that accept writes; more than 1 is split brain."
+                )
+            ),
+            pgpool_backend_status: reg!(
+                r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        name("pgpool_backend_status"),
+                        "pgpool's status of the node as a state set."
+                    ),
+                    &["node", "status"]
+                )
+            ),
+            replication_streaming: reg!(
+                r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        name("replication_streaming"),
+                        "1 when the standby streams from the current primary."
+                    ),
+                    &["node"]
+                )
+            ),
+            replication_lag_bytes: reg!(
+                r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        name("replication_lag_bytes"),
+                        "WAL bytes the standby has yet to replay, as the primary sees it."
+                    ),
+                    &["node"]
+                )
+            ),
+            replication_lag_seconds: reg!(
+                r,
+                GaugeVec::new(
+                    Opts::new(
+                        name("replication_lag_seconds"),
+                        "The primary's replay_lag for the standby (0 when idle)."
+                    ),
+                    &["node"]
+                )
+            ),
+            node_foreign: reg!(
+                r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        name("node_foreign_data"),
+                        "1 when the node holds another cluster's data and is left alone."
+                    ),
+                    &["node"]
+                )
+            ),
+            failovers: reg!(
+                r,
+                IntCounterVec::new(
+                    Opts::new(name("failovers_total"), "Failovers of the primary."),
+                    &["result"]
+                )
+            ),
+            failover_duration: reg!(
+                r,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        name("failover_duration_seconds"),
+                        "From detection to the new primary accepting writes."
+                    )
+                    .buckets(DURATION_BUCKETS.to_vec()),
+                    &["result"]
+                )
+            ),
+            last_failover: reg!(
+                r,
+                Gauge::new(
+                    name("last_failover_timestamp_seconds"),
+                    "Unix time of the last successful failover (0: none)."
+                )
+            ),
+            switchovers: reg!(
+                r,
+                IntCounterVec::new(
+                    Opts::new(name("switchovers_total"), "Planned switchovers."),
+                    &["result"]
+                )
+            ),
+            switchover_duration: reg!(
+                r,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        name("switchover_duration_seconds"),
+                        "Duration of planned switchovers."
+                    )
+                    .buckets(DURATION_BUCKETS.to_vec()),
+                    &["result"]
+                )
+            ),
+            recoveries: reg!(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        name("recoveries_total"),
+                        "Nodes brought back as standbys, by method."
+                    ),
+                    &["node", "method", "result"]
+                )
+            ),
+            recovery_duration: reg!(
+                r,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        name("recovery_duration_seconds"),
+                        "Duration of node recoveries."
+                    )
+                    .buckets(DURATION_BUCKETS.to_vec()),
+                    &["node", "method", "result"]
+                )
+            ),
+            fencing_actions: reg!(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        name("fencing_actions_total"),
+                        "Actions taken to fence an old primary."
+                    ),
+                    &["action", "result"]
+                )
+            ),
+            docker_api_errors: reg!(
+                r,
+                IntCounterVec::new(
+                    Opts::new(name("docker_api_errors_total"), "Failed Docker API calls."),
+                    &["operation"]
+                )
+            ),
+            pgpool_restarts: reg!(
+                r,
+                IntCounter::new(
+                    name("pgpool_restarts_total"),
+                    "Times pgpool died and was restarted."
+                )
+            ),
+            registry: r,
+        };
+        #[cfg(target_os = "linux")]
+        {
+            let pc = prometheus::process_collector::ProcessCollector::for_self();
+            m.registry
+                .register(Box::new(pc))
+                .expect("process collector");
+        }
+        for n in &nodes {
+            let n = n.as_str();
+            m.backend_up.with_label_values(&[n]).set(0);
+            for role in ROLES {
+                m.backend_role.with_label_values(&[n, role]).set(0);
+            }
+            m.backend_role.with_label_values(&[n, "unknown"]).set(1);
+            m.backend_timeline.with_label_values(&[n]).set(0);
+            for s in PoolStatus::ALL {
+                m.pgpool_backend_status
+                    .with_label_values(&[n, s.as_str()])
+                    .set(0);
+            }
+            m.replication_streaming.with_label_values(&[n]).set(0);
+            m.replication_lag_bytes.with_label_values(&[n]).set(0);
+            m.replication_lag_seconds.with_label_values(&[n]).set(0.0);
+            m.node_foreign.with_label_values(&[n]).set(0);
+        }
+        for result in ["success", "failure"] {
+            m.failovers.with_label_values(&[result]);
+            m.failover_duration.with_label_values(&[result]);
+            m.switchovers.with_label_values(&[result]);
+            m.switchover_duration.with_label_values(&[result]);
+            for action in ["kill", "stop", "disconnect"] {
+                m.fencing_actions.with_label_values(&[action, result]);
+            }
+        }
+        m
+    }
+
+    /// The text exposition format (0.0.4).
+    pub fn render(&self) -> Vec<u8> {
+        let mut buf = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding never fails on a gathered registry");
+        buf
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn series_exist_before_any_event() {
+        let m = Metrics::new(3);
+        let text = String::from_utf8(m.render()).unwrap();
+        assert!(text.contains("pgpool_sidecar_build_info{version=\""));
+        assert!(text.contains("pgpool_sidecar_backend_up{node=\"2\"} 0"));
+        assert!(text.contains("pgpool_sidecar_backend_role{node=\"1\",role=\"unknown\"} 1"));
+        assert!(text.contains("pgpool_sidecar_failovers_total{result=\"success\"} 0"));
+        assert!(text
+            .contains("pgpool_sidecar_pgpool_backend_status{node=\"0\",status=\"quarantine\"} 0"));
+        assert!(text.contains("# TYPE pgpool_sidecar_failover_duration_seconds histogram"));
+        assert!(text.contains("process_resident_memory_bytes"));
+    }
+}

@@ -1,0 +1,98 @@
+//! Runs pgpool as a child and keeps it running.
+//!
+//! Reads: the sidecar's verified node states (which backends pgpool may start with). Changes:
+//! writes pgpool's config files, starts pgpool, restarts it with back-off when it dies, and stops
+//! it (SIGINT: fast shutdown, then SIGKILL) when the sidecar shuts down.
+
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::pgpool::conf::{self, ConfError, Paths};
+use crate::reaper::Reaper;
+
+/// Writes every file pgpool reads. Secrets go to 0600 files only.
+pub fn write_config(cfg: &Config, paths: &Paths) -> Result<(), ConfError> {
+    conf::write_file(&paths.pgpool_conf(), &conf::pgpool_conf(cfg, paths)?, 0o644)?;
+    conf::write_file(&paths.pcp_conf(), &conf::pcp_conf(cfg), 0o600)?;
+    conf::write_file(&paths.pool_hba(), &conf::pool_hba(), 0o644)?;
+    conf::write_file(&paths.pool_passwd(), &conf::pool_passwd(cfg), 0o600)?;
+    conf::write_file(&paths.pcppass(), &conf::pcppass(cfg), 0o600)?;
+    std::fs::create_dir_all(&paths.run_dir).map_err(|e| ConfError::Write {
+        path: paths.run_dir.display().to_string(),
+        message: e.to_string(),
+    })?;
+    Ok(())
+}
+
+/// Supervises pgpool until `cancel` fires. `nodes_up` gives, before each start, which backends
+/// the sidecar has verified; they become pgpool's status file.
+pub async fn supervise(
+    paths: Paths,
+    reaper: Reaper,
+    nodes_up: Arc<dyn Fn() -> Vec<bool> + Send + Sync>,
+    restarts: prometheus::IntCounter,
+    cancel: CancellationToken,
+) {
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        let up = nodes_up();
+        if let Err(e) = conf::write_file(&paths.status_file(), &conf::status_file(&up), 0o644) {
+            tracing::error!(error = %e, "cannot write pgpool_status");
+        }
+        let mut cmd = Command::new("pgpool");
+        cmd.args(["-n", "-f"])
+            .arg(paths.pgpool_conf())
+            .arg("-F")
+            .arg(paths.pcp_conf())
+            .arg("-a")
+            .arg(paths.pool_hba());
+        let started = tokio::time::Instant::now();
+        let child = match reaper.spawn(&mut cmd) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start pgpool");
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+                continue;
+            }
+        };
+        let pid = child.pid;
+        tracing::info!(pid, status = ?up, "pgpool started");
+        let exit = child.wait();
+        tokio::pin!(exit);
+        tokio::select! {
+            code = &mut exit => {
+                restarts.inc();
+                tracing::error!(?code, "pgpool exited; restarting after {:?}", backoff);
+                if started.elapsed() > Duration::from_secs(60) {
+                    backoff = Duration::from_millis(500);
+                }
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+            _ = cancel.cancelled() => {
+                tracing::info!(pid, "stopping pgpool");
+                let _ = kill(Pid::from_raw(pid), Signal::SIGINT);
+                if tokio::time::timeout(Duration::from_secs(8), &mut exit).await.is_err() {
+                    tracing::warn!(pid, "pgpool did not stop in 8 s; killing it");
+                    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                    let _ = tokio::time::timeout(Duration::from_secs(2), &mut exit).await;
+                }
+                tracing::info!("pgpool stopped");
+                return;
+            }
+        }
+    }
+}

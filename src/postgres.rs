@@ -1,0 +1,421 @@
+//! SQL probes and actions on the PostgreSQL nodes.
+//!
+//! Reads: role, timeline, LSNs, system identifier, user databases, replication state of each node.
+//! Changes: promotes a standby, re-points a standby's `primary_conninfo`, sets
+//! `synchronous_standby_names` on the primary. Probes run once per probe interval for every node;
+//! actions run on demand. Every call has a timeout; a connection that timed out is dropped, so a
+//! hung server never blocks the next probe.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
+
+use crate::config::Secret;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PgError {
+    #[error("node {node} unreachable: {message}")]
+    Unreachable { node: String, message: String },
+    #[error("node {node} did not answer within {millis} ms")]
+    TimedOut { node: String, millis: u128 },
+    #[error("query on node {node} failed: {message}")]
+    Query { node: String, message: String },
+    #[error("node {node} returned an unexpected answer: {message}")]
+    Unexpected { node: String, message: String },
+    #[error("promotion of node {0} did not complete")]
+    PromoteFailed(String),
+}
+
+/// Where and as whom to connect to one node.
+#[derive(Clone)]
+pub struct Endpoint {
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub password: Secret,
+}
+
+impl Endpoint {
+    fn config(&self, timeout: Duration) -> tokio_postgres::Config {
+        let mut c = tokio_postgres::Config::new();
+        c.host(&self.host)
+            .port(self.port)
+            .user(&self.user)
+            .password(self.password.expose())
+            .dbname("postgres")
+            .application_name("pgpool-sidecar")
+            .connect_timeout(timeout);
+        c
+    }
+}
+
+/// What one probe saw of a node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
+pub struct PgState {
+    pub in_recovery: bool,
+    pub system_identifier: u64,
+    pub timeline: u32,
+    /// Primary: current WAL insert position. Standby: the higher of received and replayed.
+    pub lsn: u64,
+    pub receive_lsn: Option<u64>,
+    pub replay_lsn: Option<u64>,
+    /// Standby: whether its WAL receiver is streaming, and from which host.
+    pub streaming: bool,
+    pub upstream_host: Option<String>,
+    /// Databases other than postgres/template0/template1: a cluster with any is somebody's data.
+    pub user_databases: Vec<String>,
+    pub wal_receiver_paused: bool,
+}
+
+/// One row of the primary's `pg_stat_replication`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ReplicaStat {
+    pub application_name: String,
+    pub state: String,
+    pub replay_lag_bytes: u64,
+    pub replay_lag_seconds: f64,
+    pub sync_state: String,
+}
+
+/// A cached connection per node; dropped on any error so the next call reconnects.
+pub struct Session {
+    endpoint: Endpoint,
+    client: Option<Client>,
+}
+
+/// Parses `X/Y` (hex) as PostgreSQL prints an LSN.
+pub fn parse_lsn(text: &str) -> Option<u64> {
+    let (hi, lo) = text.split_once('/')?;
+    Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
+}
+
+pub fn format_lsn(lsn: u64) -> String {
+    format!("{:X}/{:X}", lsn >> 32, lsn & 0xFFFF_FFFF)
+}
+
+/// Quotes a value for a libpq connection string.
+pub fn conninfo_quote(v: &str) -> String {
+    format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+/// Quotes a SQL string literal.
+pub fn sql_literal(v: &str) -> String {
+    format!("'{}'", v.replace('\'', "''"))
+}
+
+/// Quotes an identifier (application names in `synchronous_standby_names`).
+pub fn sql_ident(v: &str) -> String {
+    format!("\"{}\"", v.replace('"', "\"\""))
+}
+
+/// The `primary_conninfo` a standby of `primary` uses. `application_name` is the node's name so
+/// the primary's `pg_stat_replication` and `synchronous_standby_names` can name it.
+pub fn primary_conninfo(
+    primary_host: &str,
+    primary_port: u16,
+    user: &str,
+    password: &Secret,
+    application_name: &str,
+) -> String {
+    format!(
+        "host={} port={} user={} password={} application_name={} connect_timeout=2 keepalives_idle=5 keepalives_interval=2 keepalives_count=3",
+        conninfo_quote(primary_host),
+        primary_port,
+        conninfo_quote(user),
+        conninfo_quote(password.expose()),
+        conninfo_quote(application_name)
+    )
+}
+
+fn rows(msgs: Vec<SimpleQueryMessage>) -> Vec<tokio_postgres::SimpleQueryRow> {
+    msgs.into_iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => Some(r),
+            _ => None,
+        })
+        .collect()
+}
+
+impl Session {
+    pub fn new(endpoint: Endpoint) -> Self {
+        Session {
+            endpoint,
+            client: None,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.endpoint.name
+    }
+
+    async fn client(&mut self, timeout: Duration) -> Result<&Client, PgError> {
+        if self.client.as_ref().is_some_and(|c| c.is_closed()) {
+            self.client = None;
+        }
+        if self.client.is_none() {
+            let cfg = self.endpoint.config(timeout);
+            let node = self.endpoint.name.clone();
+            let (client, conn) = match tokio::time::timeout(timeout, cfg.connect(NoTls)).await {
+                Err(_) => {
+                    return Err(PgError::TimedOut {
+                        node,
+                        millis: timeout.as_millis(),
+                    })
+                }
+                Ok(Err(e)) => {
+                    return Err(PgError::Unreachable {
+                        node,
+                        message: e.to_string(),
+                    })
+                }
+                Ok(Ok(v)) => v,
+            };
+            let task_name = format!("pg-conn-{node}");
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(task = %task_name, error = %e, "connection closed");
+                }
+            });
+            self.client = Some(client);
+        }
+        Ok(self.client.as_ref().expect("connected above"))
+    }
+
+    /// Runs one simple-protocol query with a deadline; drops the connection on failure.
+    pub async fn query(
+        &mut self,
+        sql: &str,
+        timeout: Duration,
+    ) -> Result<Vec<tokio_postgres::SimpleQueryRow>, PgError> {
+        let node = self.endpoint.name.clone();
+        let started = tokio::time::Instant::now();
+        let client = self.client(timeout).await?;
+        let left = timeout
+            .saturating_sub(started.elapsed())
+            .max(Duration::from_millis(50));
+        let result = tokio::time::timeout(left, client.simple_query(sql)).await;
+        match result {
+            Ok(Ok(msgs)) => Ok(rows(msgs)),
+            Ok(Err(e)) => {
+                self.client = None;
+                Err(PgError::Query {
+                    node,
+                    message: e
+                        .as_db_error()
+                        .map(|d| d.message().to_string())
+                        .unwrap_or_else(|| e.to_string()),
+                })
+            }
+            Err(_) => {
+                self.client = None;
+                Err(PgError::TimedOut {
+                    node,
+                    millis: timeout.as_millis(),
+                })
+            }
+        }
+    }
+
+    fn unexpected(&self, message: impl Into<String>) -> PgError {
+        PgError::Unexpected {
+            node: self.endpoint.name.clone(),
+            message: message.into(),
+        }
+    }
+
+    /// One probe: role, identity, position and replication state in a single round trip.
+    pub async fn probe(&mut self, timeout: Duration) -> Result<PgState, PgError> {
+        const SQL: &str = "SELECT pg_is_in_recovery(), \
+              (SELECT system_identifier FROM pg_control_system())::text, \
+              CASE WHEN pg_is_in_recovery() \
+                   THEN coalesce((SELECT received_tli FROM pg_stat_wal_receiver), \
+                                 (SELECT timeline_id FROM pg_control_checkpoint())) \
+                   ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END, \
+              CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn() END, \
+              pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn(), \
+              (SELECT status FROM pg_stat_wal_receiver), \
+              (SELECT sender_host FROM pg_stat_wal_receiver), \
+              (SELECT string_agg(datname, ',' ORDER BY datname) FROM pg_database \
+                 WHERE datname NOT IN ('postgres', 'template0', 'template1')), \
+              CASE WHEN pg_is_in_recovery() THEN pg_is_wal_replay_paused() ELSE false END";
+        let rows = self.query(SQL, timeout).await?;
+        let row = rows
+            .first()
+            .ok_or_else(|| self.unexpected("probe returned no row"))?;
+        let get = |i: usize| row.get(i).map(str::to_string);
+        let in_recovery = get(0).as_deref() == Some("t");
+        let system_identifier = get(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| self.unexpected("no system identifier"))?;
+        let timeline = get(2).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let current = get(3).as_deref().and_then(parse_lsn);
+        let receive_lsn = get(4).as_deref().and_then(parse_lsn);
+        let replay_lsn = get(5).as_deref().and_then(parse_lsn);
+        let lsn = if in_recovery {
+            receive_lsn.unwrap_or(0).max(replay_lsn.unwrap_or(0))
+        } else {
+            current.unwrap_or(0)
+        };
+        Ok(PgState {
+            in_recovery,
+            system_identifier,
+            timeline,
+            lsn,
+            receive_lsn,
+            replay_lsn,
+            streaming: get(6).as_deref() == Some("streaming"),
+            upstream_host: get(7),
+            user_databases: get(8)
+                .map(|s| s.split(',').map(str::to_string).collect())
+                .unwrap_or_default(),
+            wal_receiver_paused: get(9).as_deref() == Some("t"),
+        })
+    }
+
+    /// The primary's view of its standbys, keyed by application_name.
+    pub async fn replication(
+        &mut self,
+        timeout: Duration,
+    ) -> Result<HashMap<String, ReplicaStat>, PgError> {
+        const SQL: &str = "SELECT application_name, state, \
+              coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn), 0)::bigint, \
+              coalesce(extract(epoch from replay_lag), 0)::float8, sync_state \
+              FROM pg_stat_replication";
+        let rows = self.query(SQL, timeout).await?;
+        let mut out = HashMap::new();
+        for r in rows {
+            let name = r.get(0).unwrap_or_default().to_string();
+            out.insert(
+                name.clone(),
+                ReplicaStat {
+                    application_name: name,
+                    state: r.get(1).unwrap_or_default().to_string(),
+                    replay_lag_bytes: r
+                        .get(2)
+                        .and_then(|s| s.parse::<i64>().ok())
+                        .unwrap_or(0)
+                        .max(0) as u64,
+                    replay_lag_seconds: r.get(3).and_then(|s| s.parse().ok()).unwrap_or(0.0),
+                    sync_state: r.get(4).unwrap_or_default().to_string(),
+                },
+            );
+        }
+        Ok(out)
+    }
+
+    /// Promotes this standby and waits until it accepts writes.
+    pub async fn promote(&mut self, timeout: Duration) -> Result<(), PgError> {
+        let secs = timeout.as_secs().max(1);
+        let rows = self
+            .query(
+                &format!("SELECT pg_promote(wait => true, wait_seconds => {secs})"),
+                timeout + Duration::from_secs(1),
+            )
+            .await?;
+        match rows.first().and_then(|r| r.get(0)) {
+            Some("t") => Ok(()),
+            _ => Err(PgError::PromoteFailed(self.endpoint.name.clone())),
+        }
+    }
+
+    /// Points this standby at a new upstream; PostgreSQL 13+ applies it on reload, and
+    /// `recovery_target_timeline = latest` (the default) makes it follow the new timeline.
+    pub async fn set_primary_conninfo(
+        &mut self,
+        conninfo: &str,
+        timeout: Duration,
+    ) -> Result<(), PgError> {
+        self.query(
+            &format!(
+                "ALTER SYSTEM SET primary_conninfo = {}",
+                sql_literal(conninfo)
+            ),
+            timeout,
+        )
+        .await?;
+        self.query("SELECT pg_reload_conf()", timeout).await?;
+        Ok(())
+    }
+
+    /// Sets `synchronous_standby_names` (empty string: asynchronous) and reloads.
+    pub async fn set_synchronous_standbys(
+        &mut self,
+        value: &str,
+        timeout: Duration,
+    ) -> Result<(), PgError> {
+        self.query(
+            &format!(
+                "ALTER SYSTEM SET synchronous_standby_names = {}",
+                sql_literal(value)
+            ),
+            timeout,
+        )
+        .await?;
+        self.query("SELECT pg_reload_conf()", timeout).await?;
+        Ok(())
+    }
+
+    pub async fn show(&mut self, setting: &str, timeout: Duration) -> Result<String, PgError> {
+        let rows = self
+            .query(
+                &format!("SELECT current_setting({})", sql_literal(setting)),
+                timeout,
+            )
+            .await?;
+        rows.first()
+            .and_then(|r| r.get(0))
+            .map(str::to_string)
+            .ok_or_else(|| self.unexpected("no setting value"))
+    }
+}
+
+/// `ANY n ("a", "b")` over the given standby names; empty when n is 0 or there are none.
+pub fn synchronous_standby_names(n: u32, standbys: &[String]) -> String {
+    if n == 0 || standbys.is_empty() {
+        return String::new();
+    }
+    let names: Vec<String> = standbys.iter().map(|s| sql_ident(s)).collect();
+    format!(
+        "ANY {} ({})",
+        n.min(standbys.len() as u32),
+        names.join(", ")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lsn_round_trips() {
+        assert_eq!(parse_lsn("0/3000060"), Some(0x3000060));
+        assert_eq!(parse_lsn("1/0"), Some(1 << 32));
+        assert_eq!(format_lsn(0x1_0300_0060), "1/3000060");
+        assert_eq!(parse_lsn("garbage"), None);
+    }
+
+    #[test]
+    fn quoting_escapes_quotes() {
+        assert_eq!(conninfo_quote("a'b\\c"), "'a\\'b\\\\c'");
+        assert_eq!(sql_literal("it's"), "'it''s'");
+        assert_eq!(sql_ident("pg\"1"), "\"pg\"\"1\"");
+    }
+
+    #[test]
+    fn sync_names() {
+        let s = vec!["pg-1".to_string(), "pg-2".to_string()];
+        assert_eq!(synchronous_standby_names(0, &s), "");
+        assert_eq!(
+            synchronous_standby_names(1, &s),
+            "ANY 1 (\"pg-1\", \"pg-2\")"
+        );
+        assert_eq!(
+            synchronous_standby_names(3, &s),
+            "ANY 2 (\"pg-1\", \"pg-2\")"
+        );
+        assert_eq!(synchronous_standby_names(1, &[]), "");
+    }
+}

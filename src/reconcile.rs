@@ -1,0 +1,382 @@
+//! The control loop: observe → decide → act → record, once per probe interval (or sooner when
+//! woken), plus the Docker event watcher that reacts to a dying container at once.
+//!
+//! Reads: node containers (Docker), SQL probes of every node, the primary's replication view,
+//! `SHOW POOL_NODES`. Changes: through [`crate::cluster::decide`]'s plan — adopts the primary and
+//! starts pgpool, fails over, rebuilds fresh nodes, fences rogue primaries, attaches and detaches
+//! nodes in pgpool — and the metrics and `/status` state.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use futures_util::StreamExt;
+
+use crate::cluster::{decide, Action, ClusterView, NodeView, Policy};
+use crate::docker::ContainerStatus;
+use crate::metrics::ROLES;
+use crate::pgpool::control::PoolStatus;
+use crate::postgres::Session;
+use crate::state::{Ctx, NodeState};
+use crate::{failover, pgpool, recovery};
+
+/// The probe loop's own connections (see `Ctx::sessions` for why they are separate).
+pub struct Probes {
+    sessions: Vec<Session>,
+    failures: Vec<u32>,
+}
+
+impl Probes {
+    pub fn new(ctx: &Ctx) -> Self {
+        let n = ctx.cfg.nodes.len();
+        Probes {
+            sessions: (0..n).map(|i| Session::new(ctx.endpoint(i))).collect(),
+            failures: vec![0; n],
+        }
+    }
+}
+
+pub async fn run(ctx: Arc<Ctx>) {
+    let mut probes = Probes::new(&ctx);
+    let mut tick = tokio::time::interval(ctx.cfg.probe_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = ctx.wake.notified() => {}
+        }
+        let view = observe(&ctx, &mut probes).await;
+        let plan = decide(&view, &policy(&ctx));
+        for action in plan {
+            act(&ctx, action).await;
+        }
+        record(&ctx);
+    }
+}
+
+fn policy(ctx: &Ctx) -> Policy {
+    Policy {
+        probe_failures: ctx.cfg.probe_failures,
+        max_lag_on_failover: ctx.cfg.max_lag_on_failover,
+        priorities: ctx.cfg.priorities.clone(),
+    }
+}
+
+async fn observe(ctx: &Arc<Ctx>, probes: &mut Probes) -> ClusterView {
+    let timeout = ctx.probe_timeout();
+    let containers = join_all(ctx.cfg.nodes.iter().map(|n| ctx.docker.find(&n.host))).await;
+    let pg = join_all(probes.sessions.iter_mut().map(|s| s.probe(timeout))).await;
+    let (primary, pgpool_started) = ctx.with_state(|s| (s.view.primary, s.pgpool_started));
+    let replication = match primary {
+        Some(p) if pg[p].is_ok() => probes.sessions[p].replication(timeout).await.ok(),
+        _ => None,
+    };
+    let pool = if pgpool_started {
+        ctx.pgpool.show_pool_nodes(timeout).await.ok()
+    } else {
+        None
+    };
+    ctx.with_state(|s| {
+        let mut nodes = Vec::with_capacity(ctx.cfg.nodes.len());
+        for (i, (c, p)) in containers.into_iter().zip(pg).enumerate() {
+            let name = ctx.node_name(i).to_string();
+            let container = match c {
+                Ok(Some(c)) => Some(c.status),
+                Ok(None) => Some(ContainerStatus::Missing),
+                Err(e) => {
+                    ctx.metrics
+                        .docker_api_errors
+                        .with_label_values(&[e.operation()])
+                        .inc();
+                    None
+                }
+            };
+            let pg = match p {
+                Ok(p) => {
+                    probes.failures[i] = 0;
+                    Some(p)
+                }
+                Err(e) => {
+                    probes.failures[i] += 1;
+                    tracing::debug!(node = %name, error = %e, "probe failed");
+                    None
+                }
+            };
+            let streaming_from_primary = replication
+                .as_ref()
+                .and_then(|r| r.get(&name))
+                .is_some_and(|r| r.state == "streaming");
+            nodes.push(NodeView {
+                id: i,
+                name,
+                container,
+                pg,
+                probe_failures: probes.failures[i],
+                pool: pool
+                    .as_ref()
+                    .and_then(|p| p.iter().find(|n| n.node_id == i))
+                    .map(|n| n.status),
+                streaming_from_primary,
+                busy: s.busy.contains(&i),
+                fenced: s.fenced.contains(&i),
+            });
+        }
+        if let Some(p) = primary {
+            if let Some(pg) = &nodes[p].pg {
+                if !pg.in_recovery {
+                    s.last_primary_lsn = Some(pg.lsn);
+                }
+            }
+        }
+        s.view.nodes = nodes;
+        s.pgpool_up = pool.is_some();
+        s.pool_nodes = pool.unwrap_or_default();
+        s.replication = replication.unwrap_or_default();
+        s.view.clone()
+    })
+}
+
+async fn act(ctx: &Arc<Ctx>, action: Action) {
+    match action {
+        Action::AdoptPrimary { node } => adopt_primary(ctx, node),
+        Action::Failover { old, reason } => {
+            let _ = failover::failover(ctx, old, "probe", &reason, false).await;
+        }
+        Action::Rebuild { node, reason } => {
+            let first = ctx.with_state(|s| s.busy.insert(node));
+            if first {
+                let c = ctx.clone();
+                ctx.spawn(format!("rebuild-{}", ctx.node_name(node)), async move {
+                    let _ = recovery::rebuild(&c, node, &reason).await;
+                    c.with_state(|s| s.busy.remove(&node));
+                });
+            }
+        }
+        Action::Fence { node, reason } => {
+            tracing::error!(node = %ctx.node_name(node), reason, "split brain: fencing the node");
+            if failover::fence(ctx, node).await.is_ok() {
+                ctx.with_state(|s| {
+                    s.fenced.insert(node);
+                    s.node_state.insert(node, NodeState::Fenced);
+                });
+            }
+        }
+        Action::Attach { node } => match ctx.pgpool.attach(node, Duration::from_secs(3)).await {
+            Ok(()) => tracing::info!(node = %ctx.node_name(node), "attached to pgpool"),
+            Err(e) => tracing::warn!(error = %e, "attach failed; will retry"),
+        },
+        Action::Detach { node, reason } => {
+            tracing::warn!(node = %ctx.node_name(node), reason, "detaching from pgpool");
+            if let Err(e) = ctx.pgpool.detach(node, Duration::from_secs(3)).await {
+                tracing::warn!(error = %e, "detach failed; will retry");
+            }
+        }
+        Action::ReportForeign { node } => {
+            let new = ctx.with_state(|s| {
+                s.node_state.insert(node, NodeState::Foreign);
+                s.foreign.insert(node)
+            });
+            if new {
+                tracing::error!(
+                    node = %ctx.node_name(node),
+                    "node holds another cluster's data (user databases, different system identifier); \
+                     it is left alone and kept out of pgpool — wipe it yourself to let it join"
+                );
+            }
+        }
+    }
+}
+
+/// Takes `node` as primary; the first time, starts pgpool with only verified nodes up.
+fn adopt_primary(ctx: &Arc<Ctx>, node: usize) {
+    let start_pgpool = ctx.with_state(|s| {
+        s.view.primary = Some(node);
+        s.view.system_identifier = s.view.nodes[node].pg.as_ref().map(|p| p.system_identifier);
+        s.node_state.insert(node, NodeState::Primary);
+        !std::mem::replace(&mut s.pgpool_started, true)
+    });
+    tracing::info!(node = %ctx.node_name(node), "primary adopted");
+    if start_pgpool {
+        let c = ctx.clone();
+        let nodes_up = Arc::new(move || verified_up(&c));
+        let (paths, reaper, restarts, cancel) = (
+            ctx.paths.clone(),
+            ctx.reaper.clone(),
+            ctx.metrics.pgpool_restarts.clone(),
+            ctx.cancel.clone(),
+        );
+        ctx.spawn(
+            "pgpool-supervisor",
+            pgpool::supervisor::supervise(paths, reaper, nodes_up, restarts, cancel),
+        );
+    }
+}
+
+/// Nodes pgpool may start with: the primary and standbys of this cluster that stream from it.
+fn verified_up(ctx: &Ctx) -> Vec<bool> {
+    ctx.with_state(|s| {
+        let primary = s.view.primary;
+        let pname = primary.map(|p| ctx.node_name(p).to_string());
+        (0..ctx.cfg.nodes.len())
+            .map(|i| {
+                if Some(i) == primary {
+                    return true;
+                }
+                let Some(n) = s.view.nodes.get(i) else {
+                    return false;
+                };
+                !n.fenced
+                    && n.pg.as_ref().is_some_and(|pg| {
+                        pg.in_recovery
+                            && pg.streaming
+                            && Some(pg.system_identifier) == s.view.system_identifier
+                            && pg.upstream_host.as_deref() == pname.as_deref()
+                    })
+            })
+            .collect()
+    })
+}
+
+/// Publishes the last observation as metrics and node states.
+fn record(ctx: &Ctx) {
+    let m = &ctx.metrics;
+    ctx.with_state(|s| {
+        m.up.set(s.pgpool_up as i64);
+        let mut primaries = 0;
+        for n in &s.view.nodes {
+            let id = n.id.to_string();
+            let id = id.as_str();
+            m.backend_up
+                .with_label_values(&[id])
+                .set(n.pg.is_some() as i64);
+            let role = match &n.pg {
+                Some(pg) if !pg.in_recovery => {
+                    primaries += 1;
+                    "primary"
+                }
+                Some(_) => "standby",
+                None => "unknown",
+            };
+            for r in ROLES {
+                m.backend_role
+                    .with_label_values(&[id, r])
+                    .set((r == role) as i64);
+            }
+            m.backend_timeline
+                .with_label_values(&[id])
+                .set(n.pg.as_ref().map(|p| p.timeline as i64).unwrap_or(0));
+            for st in PoolStatus::ALL {
+                m.pgpool_backend_status
+                    .with_label_values(&[id, st.as_str()])
+                    .set((n.pool == Some(st)) as i64);
+            }
+            let rep = s.replication.get(&n.name);
+            m.replication_streaming
+                .with_label_values(&[id])
+                .set(n.streaming_from_primary as i64);
+            m.replication_lag_bytes
+                .with_label_values(&[id])
+                .set(rep.map(|r| r.replay_lag_bytes as i64).unwrap_or(0));
+            m.replication_lag_seconds
+                .with_label_values(&[id])
+                .set(rep.map(|r| r.replay_lag_seconds).unwrap_or(0.0));
+            m.node_foreign
+                .with_label_values(&[id])
+                .set(s.foreign.contains(&n.id) as i64);
+            let busy_or_special = matches!(
+                s.node_state.get(&n.id),
+                Some(NodeState::Rebuilding) | Some(NodeState::Foreign)
+            ) && (n.busy || s.foreign.contains(&n.id));
+            if !busy_or_special {
+                let state = if Some(n.id) == s.view.primary {
+                    NodeState::Primary
+                } else if n.fenced {
+                    NodeState::Fenced
+                } else if n.streaming_from_primary {
+                    NodeState::Streaming
+                } else if n.pg.is_none() {
+                    NodeState::Down
+                } else {
+                    NodeState::Unknown
+                };
+                s.node_state.insert(n.id, state);
+            }
+        }
+        m.primary_count.set(primaries);
+    });
+}
+
+/// Watches Docker events of the cluster and reacts to a node's death at once. Reconnects with
+/// `since` after the stream drops and wakes the reconcile loop to re-list (the daemon buffers
+/// only a few hundred events).
+pub async fn watch_events(ctx: Arc<Ctx>) {
+    let mut since: Option<i64> = None;
+    let mut seen: std::collections::HashSet<(String, String, i64)> = Default::default();
+    loop {
+        let mut stream = Box::pin(ctx.docker.events(since));
+        ctx.wake.notify_one();
+        while let Some(ev) = stream.next().await {
+            let ev = match ev {
+                Ok(ev) => ev,
+                Err(e) => {
+                    tracing::warn!(error = %e, "Docker event stream broke; reconnecting");
+                    ctx.metrics
+                        .docker_api_errors
+                        .with_label_values(&["events"])
+                        .inc();
+                    break;
+                }
+            };
+            since = Some(ev.time_nano);
+            if !seen.insert((ev.service.clone(), ev.action.clone(), ev.time_nano)) {
+                continue;
+            }
+            if seen.len() > 4096 {
+                seen.clear();
+            }
+            handle_event(&ctx, &ev).await;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+fn is_death(ev: &crate::docker::ContainerEvent) -> bool {
+    match ev.action.as_str() {
+        "die" | "oom" | "health_status: unhealthy" => true,
+        "kill" => matches!(ev.signal.as_deref(), Some("9") | Some("SIGKILL")),
+        _ => false,
+    }
+}
+
+async fn handle_event(ctx: &Arc<Ctx>, ev: &crate::docker::ContainerEvent) {
+    let Some(node) = ctx.cfg.nodes.iter().position(|n| n.host == ev.service) else {
+        return;
+    };
+    if !is_death(ev) {
+        return;
+    }
+    let (primary, busy, fenced) = ctx.with_state(|s| {
+        (
+            s.view.primary,
+            s.busy.contains(&node),
+            s.fenced.contains(&node),
+        )
+    });
+    if busy || fenced {
+        return;
+    }
+    if primary == Some(node) {
+        let reason = format!("Docker event {}", ev.action);
+        let _ = failover::failover(ctx, node, "docker", &reason, false).await;
+    } else {
+        tracing::warn!(
+            node = %ev.service,
+            event = %ev.action,
+            "Standby node is down. Failover not triggered!"
+        );
+        if let Err(e) = ctx.pgpool.detach(node, Duration::from_secs(5)).await {
+            tracing::debug!(error = %e, "detach of a dead standby");
+        }
+        ctx.wake.notify_one();
+    }
+}

@@ -1,0 +1,138 @@
+//! The daemon's shared context and its authoritative cluster state.
+//!
+//! Reads/changes: [`State`] is written by the reconcile loop (observations, once per probe
+//! interval), by failover (the primary, fenced nodes) and by recovery (busy nodes); the HTTP API
+//! reads it for `/status` and `/readyz`. No globals: everything hangs off [`Ctx`].
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::cluster::ClusterView;
+use crate::config::Config;
+use crate::docker::DockerRuntime;
+use crate::metrics::Metrics;
+use crate::pgpool::conf::Paths;
+use crate::pgpool::control::{Pgpool, PoolNode};
+use crate::postgres::{Endpoint, ReplicaStat, Session};
+use crate::reaper::Reaper;
+
+/// Where a node stands, for `/status`.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeState {
+    Unknown,
+    Primary,
+    Streaming,
+    Down,
+    Rebuilding,
+    Fenced,
+    Foreign,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FailoverRecord {
+    pub old_primary: usize,
+    pub new_primary: Option<usize>,
+    pub trigger: String,
+    pub reason: String,
+    pub seconds: f64,
+    pub result: String,
+    pub at_unix: f64,
+}
+
+#[derive(Debug, Default)]
+pub struct State {
+    pub view: ClusterView,
+    pub pool_nodes: Vec<PoolNode>,
+    pub pgpool_up: bool,
+    pub pgpool_started: bool,
+    pub replication: HashMap<String, ReplicaStat>,
+    pub fenced: BTreeSet<usize>,
+    pub busy: BTreeSet<usize>,
+    pub foreign: BTreeSet<usize>,
+    /// The primary's WAL position at its last good probe: the yardstick for failover lag.
+    pub last_primary_lsn: Option<u64>,
+    pub last_failover: Option<FailoverRecord>,
+    pub last_refusal: Option<String>,
+    pub node_state: BTreeMap<usize, NodeState>,
+}
+
+/// Everything a task needs; cloned as `Arc<Ctx>`.
+pub struct Ctx {
+    pub cfg: Arc<Config>,
+    pub paths: Paths,
+    pub docker: DockerRuntime,
+    pub metrics: Metrics,
+    pub reaper: Reaper,
+    pub state: Mutex<State>,
+    pub pgpool: Pgpool,
+    /// Connections for actions (promote, re-point), separate from the probe loop's so a slow
+    /// probe never delays a failover.
+    pub sessions: Vec<tokio::sync::Mutex<Session>>,
+    /// Failover is single-flight: pgpool's hook, Docker events and probes all come here.
+    pub failover_lock: tokio::sync::Mutex<()>,
+    /// Wakes the reconcile loop before its next tick.
+    pub wake: Notify,
+    pub cancel: CancellationToken,
+    pub tracker: TaskTracker,
+    /// Names of running background tasks, to say which did not stop at shutdown.
+    pub running: Mutex<BTreeSet<String>>,
+}
+
+/// How the sidecar reaches node `node` over SQL (as the superuser).
+pub fn node_endpoint(cfg: &Config, node: usize) -> Endpoint {
+    let n = &cfg.nodes[node];
+    Endpoint {
+        name: n.host.clone(),
+        host: n.host.clone(),
+        port: n.port,
+        user: cfg.superuser.clone(),
+        password: cfg.superuser_password.clone(),
+    }
+}
+
+impl Ctx {
+    pub fn endpoint(&self, node: usize) -> Endpoint {
+        node_endpoint(&self.cfg, node)
+    }
+
+    pub fn node_name(&self, node: usize) -> &str {
+        &self.cfg.nodes[node].host
+    }
+
+    pub fn primary(&self) -> Option<usize> {
+        self.state.lock().expect("state").view.primary
+    }
+
+    pub fn with_state<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
+        f(&mut self.state.lock().expect("state"))
+    }
+
+    /// Spawns a named, tracked task that stops when the daemon is cancelled.
+    pub fn spawn<F>(self: &Arc<Self>, name: impl Into<String>, fut: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let name = name.into();
+        let ctx = self.clone();
+        self.running.lock().expect("running").insert(name.clone());
+        self.tracker.spawn(async move {
+            let cancel = ctx.cancel.clone();
+            tokio::select! {
+                _ = fut => {}
+                _ = cancel.cancelled() => {}
+            }
+            ctx.running.lock().expect("running").remove(&name);
+        });
+    }
+
+    pub fn probe_timeout(&self) -> Duration {
+        self.cfg.probe_timeout
+    }
+}
