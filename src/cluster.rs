@@ -97,13 +97,10 @@ impl NodeView {
 
 /// At start-up: which node is the primary. Among reachable writable nodes, the highest timeline
 /// wins (a node promoted by a failover beats an old primary restarted by hand); then the one the
-/// standbys follow; then the first configured node.
+/// standbys follow; then the first configured node. While the first node's container is still
+/// starting, only a node with such evidence (a later timeline, or followers) may be taken: a
+/// fresh standby-to-be that merely finished its initdb first must not become the primary.
 pub fn initial_primary(view: &ClusterView) -> Option<usize> {
-    let writable: Vec<&NodeView> = view
-        .nodes
-        .iter()
-        .filter(|n| n.pg.as_ref().is_some_and(|p| !p.in_recovery))
-        .collect();
     let followers = |n: &NodeView| {
         view.nodes
             .iter()
@@ -114,8 +111,16 @@ pub fn initial_primary(view: &ClusterView) -> Option<usize> {
             })
             .count()
     };
-    writable
-        .into_iter()
+    let first_pending = view
+        .nodes
+        .first()
+        .is_some_and(|f| f.pg.is_none() && !f.container_gone());
+    view.nodes
+        .iter()
+        .filter(|n| n.pg.as_ref().is_some_and(|p| !p.in_recovery))
+        .filter(|n| {
+            !first_pending || n.pg.as_ref().is_some_and(|p| p.timeline > 1) || followers(n) > 0
+        })
         .max_by(|a, b| {
             let (pa, pb) = (a.pg.as_ref().unwrap(), b.pg.as_ref().unwrap());
             pa.timeline

@@ -25,7 +25,7 @@ pub struct Metrics {
     pub backend_up: IntGaugeVec,
     pub backend_role: IntGaugeVec,
     pub backend_timeline: IntGaugeVec,
-    pub primary_count: IntGauge,
+    pub primaries: IntGauge,
     pub pgpool_backend_status: IntGaugeVec,
     pub replication_streaming: IntGaugeVec,
     pub replication_lag_bytes: IntGaugeVec,
@@ -101,10 +101,11 @@ impl Metrics {
                     &["node"]
                 )
             ),
-            primary_count: reg!(
+            primaries: reg!(
                 r,
+                // Not `primary_count`: promtool reserves `_count` for histograms and summaries.
                 IntGauge::new(
-                    name("primary_count"),
+                    name("primaries"),
                     "Nodes that accept writes; more than 1 is split brain."
                 )
             ),

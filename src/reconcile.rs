@@ -205,7 +205,7 @@ fn adopt_primary(ctx: &Arc<Ctx>, node: usize) {
             ctx.metrics.pgpool_restarts.clone(),
             ctx.cancel.clone(),
         );
-        ctx.spawn(
+        ctx.spawn_graceful(
             "pgpool-supervisor",
             pgpool::supervisor::supervise(paths, reaper, nodes_up, restarts, cancel),
         );
@@ -302,7 +302,7 @@ fn record(ctx: &Ctx) {
                 s.node_state.insert(n.id, state);
             }
         }
-        m.primary_count.set(primaries);
+        m.primaries.set(primaries);
     });
 }
 

@@ -114,8 +114,23 @@ impl Ctx {
         f(&mut self.state.lock().expect("state"))
     }
 
-    /// Spawns a named, tracked task that stops when the daemon is cancelled.
+    /// Spawns a named, tracked task that is dropped when the daemon is cancelled.
     pub fn spawn<F>(self: &Arc<Self>, name: impl Into<String>, fut: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let cancel = self.cancel.clone();
+        self.spawn_graceful(name, async move {
+            tokio::select! {
+                _ = fut => {}
+                _ = cancel.cancelled() => {}
+            }
+        });
+    }
+
+    /// Spawns a named, tracked task that watches `cancel` itself and winds down in its own
+    /// way (the pgpool supervisor must stop pgpool before it returns).
+    pub fn spawn_graceful<F>(self: &Arc<Self>, name: impl Into<String>, fut: F)
     where
         F: std::future::Future<Output = ()> + Send + 'static,
     {
@@ -123,11 +138,7 @@ impl Ctx {
         let ctx = self.clone();
         self.running.lock().expect("running").insert(name.clone());
         self.tracker.spawn(async move {
-            let cancel = ctx.cancel.clone();
-            tokio::select! {
-                _ = fut => {}
-                _ = cancel.cancelled() => {}
-            }
+            fut.await;
             ctx.running.lock().expect("running").remove(&name);
         });
     }

@@ -1,0 +1,292 @@
+//! Test harness: a real compose cluster per test, under its own project name and host ports,
+//! removed with its volumes and job containers when the test ends — also when it panics.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
+
+/// Distinct, recognisable secrets, so a test can check that none leaks.
+pub const PASSWORD: &str = "sUper-s3cret-pw";
+pub const REPLICATION_PASSWORD: &str = "rEpl-s3cret-pw";
+pub const PCP_PASSWORD: &str = "pCp-s3cret-pw";
+pub const SECRETS: [&str; 3] = [PASSWORD, REPLICATION_PASSWORD, PCP_PASSWORD];
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Runs a command, returning (exit code, stdout, stderr).
+pub fn sh(cmd: &mut Command) -> (i32, String, String) {
+    let out = cmd.output().expect("command runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+/// Polls `f` until it returns Some or the deadline passes; panics with `what` on timeout.
+pub async fn wait_for<T, F, Fut>(what: &str, limit: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        if start.elapsed() > limit {
+            panic!("timed out after {limit:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+pub struct Cluster {
+    pub project: String,
+    pub pgpool_port: u16,
+    pub http_port: u16,
+    pub prometheus_port: u16,
+    files: Vec<PathBuf>,
+    env: Vec<(String, String)>,
+    profiles: Vec<String>,
+}
+
+impl Cluster {
+    pub fn new(name: &str) -> Self {
+        let project = format!(
+            "pgst{}{}",
+            name.replace(|c: char| !c.is_ascii_alphanumeric(), ""),
+            std::process::id()
+        );
+        Cluster {
+            project,
+            pgpool_port: free_port(),
+            http_port: free_port(),
+            prometheus_port: free_port(),
+            files: vec![repo().join("compose/docker-compose.yml")],
+            env: vec![
+                ("POSTGRES_PASSWORD".into(), PASSWORD.into()),
+                ("REPLICATION_PASSWORD".into(), REPLICATION_PASSWORD.into()),
+                ("PCP_PASSWORD".into(), PCP_PASSWORD.into()),
+            ],
+            profiles: vec![],
+        }
+    }
+
+    pub fn file(mut self, path: &str) -> Self {
+        self.files.push(repo().join(path));
+        self
+    }
+
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.env.push((k.into(), v.into()));
+        self
+    }
+
+    pub fn profile(mut self, p: &str) -> Self {
+        self.profiles.push(p.into());
+        self
+    }
+
+    pub fn compose(&self) -> Command {
+        let mut c = Command::new("docker-compose");
+        c.arg("-p").arg(&self.project);
+        for f in &self.files {
+            c.arg("-f").arg(f);
+        }
+        for p in &self.profiles {
+            c.arg("--profile").arg(p);
+        }
+        c.env("PGPOOL_PORT", self.pgpool_port.to_string())
+            .env("SIDECAR_HTTP_PORT", self.http_port.to_string())
+            .env("PROMETHEUS_PORT", self.prometheus_port.to_string());
+        for (k, v) in &self.env {
+            c.env(k, v);
+        }
+        c
+    }
+
+    /// Starts the stack and waits until the sidecar reports ready (pgpool answers, primary known)
+    /// and every standby of `expect_standbys` is attached.
+    pub async fn up(self) -> Self {
+        let (code, out, err) = sh(self.compose().args(["up", "-d", "--no-build"]));
+        assert_eq!(code, 0, "compose up failed:\n{out}\n{err}");
+        let url = format!("http://127.0.0.1:{}/readyz", self.http_port);
+        let started = Instant::now();
+        loop {
+            if let Ok(r) = reqwest::get(&url).await {
+                if r.status().is_success() {
+                    break;
+                }
+            }
+            if started.elapsed() > Duration::from_secs(120) {
+                self.dump_logs();
+                panic!("cluster {} not ready within 120 s", self.project);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        eprintln!(
+            "[{}] ready in {:.1} s",
+            self.project,
+            started.elapsed().as_secs_f64()
+        );
+        self
+    }
+
+    pub fn dump_logs(&self) {
+        let (_, out, err) = sh(self.compose().args(["logs", "--no-color", "--tail", "200"]));
+        eprintln!("---- logs of {} ----\n{out}\n{err}", self.project);
+    }
+
+    pub fn container(&self, service: &str) -> String {
+        let (_, out, _) = sh(self.compose().args(["ps", "-q", service]));
+        out.trim().to_string()
+    }
+
+    /// Container id of a service even when it is stopped.
+    pub fn container_any(&self, service: &str) -> String {
+        let (_, out, _) = sh(Command::new("docker").args([
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label=com.docker.compose.project={}", self.project),
+            "--filter",
+            &format!("label=com.docker.compose.service={service}"),
+        ]));
+        out.lines().next().unwrap_or("").trim().to_string()
+    }
+
+    pub fn inspect(&self, service: &str, format: &str) -> String {
+        let (_, out, _) = sh(Command::new("docker").args([
+            "inspect",
+            "-f",
+            format,
+            &self.container_any(service),
+        ]));
+        out.trim().to_string()
+    }
+
+    pub fn node_port(&self, service: &str) -> Option<u16> {
+        let (_, out, _) = sh(self.compose().args(["port", service, "5432"]));
+        out.trim().rsplit(':').next()?.parse().ok()
+    }
+
+    pub async fn connect_port(port: u16) -> Option<Client> {
+        let cfg = format!(
+            "host=127.0.0.1 port={port} user=postgres password={PASSWORD} dbname=postgres connect_timeout=3"
+        );
+        let (client, conn) =
+            tokio::time::timeout(Duration::from_secs(4), tokio_postgres::connect(&cfg, NoTls))
+                .await
+                .ok()?
+                .ok()?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Some(client)
+    }
+
+    pub async fn pgpool(&self) -> Option<Client> {
+        Self::connect_port(self.pgpool_port).await
+    }
+
+    pub async fn node(&self, service: &str) -> Option<Client> {
+        Self::connect_port(self.node_port(service)?).await
+    }
+
+    pub async fn http(&self, path: &str) -> (u16, String) {
+        let r = reqwest::get(format!("http://127.0.0.1:{}{path}", self.http_port))
+            .await
+            .expect("sidecar HTTP answers");
+        (r.status().as_u16(), r.text().await.unwrap_or_default())
+    }
+
+    pub async fn status(&self) -> serde_json::Value {
+        serde_json::from_str(&self.http("/status").await.1).expect("status is JSON")
+    }
+
+    pub fn logs(&self, service: &str) -> String {
+        let (_, out, err) = sh(Command::new("docker").args(["logs", &self.container_any(service)]));
+        format!("{out}{err}")
+    }
+}
+
+/// The value of one metric series in Prometheus text format, e.g. `name{node="1"}`.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Rows of a simple query as vectors of optional strings.
+pub async fn query(
+    c: &Client,
+    sql: &str,
+) -> Result<Vec<Vec<Option<String>>>, tokio_postgres::Error> {
+    let msgs = c.simple_query(sql).await?;
+    Ok(msgs
+        .into_iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => {
+                Some((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect())
+            }
+            _ => None,
+        })
+        .collect())
+}
+
+/// SHOW POOL_NODES through pgpool as (node_id, status, role) rows.
+pub async fn pool_nodes(c: &Client) -> Vec<(String, String, String)> {
+    let msgs = c
+        .simple_query("SHOW POOL_NODES")
+        .await
+        .expect("SHOW POOL_NODES");
+    msgs.into_iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => Some((
+                r.get("node_id").unwrap_or("").to_string(),
+                r.get("status").unwrap_or("").to_string(),
+                r.get("role").unwrap_or("").to_string(),
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.dump_logs();
+        }
+        let _ = sh(self
+            .compose()
+            .args(["down", "-v", "--remove-orphans", "-t", "2"]));
+        // Job containers carry our label, not compose's service label.
+        let (_, ids, _) = sh(Command::new("docker").args([
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label=pgpool-sidecar.cluster={}", self.project),
+        ]));
+        for id in ids.split_whitespace() {
+            let _ = sh(Command::new("docker").args(["rm", "-f", id]));
+        }
+        let _ = sh(self
+            .compose()
+            .args(["down", "-v", "--remove-orphans", "-t", "0"]));
+    }
+}

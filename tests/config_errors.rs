@@ -1,0 +1,137 @@
+//! Bad configuration makes the sidecar container exit 64 and name the variable; the hook fails
+//! loudly without a daemon. Real image, real `docker run`.
+
+mod common;
+
+use std::process::Command;
+
+use common::sh;
+
+const IMAGE: &str = "pgpool-sidecar:local";
+
+fn base_env() -> Vec<(&'static str, &'static str)> {
+    vec![
+        ("PGPOOL_SIDECAR_NODES", "pg-0,pg-1,pg-2"),
+        ("PGPOOL_SIDECAR_SUPERUSER_PASSWORD", "x-super"),
+        ("PGPOOL_SIDECAR_REPLICATION_PASSWORD", "x-repl"),
+        ("PGPOOL_SIDECAR_PCP_PASSWORD", "x-pcp"),
+    ]
+}
+
+/// Runs the sidecar image with `env` (minus `remove`), returning (exit code, log).
+fn run_container(env: &[(&str, &str)], remove: &[&str]) -> (i32, String) {
+    let name = format!("pgst-cfg-{}-{}", std::process::id(), rand_suffix());
+    let mut cmd = Command::new("docker");
+    cmd.args(["run", "--name", &name]);
+    for (k, v) in env.iter().filter(|(k, _)| !remove.contains(k)) {
+        cmd.args(["-e", &format!("{k}={v}")]);
+    }
+    cmd.arg(IMAGE);
+    let (code, out, err) = sh(&mut cmd);
+    let _ = sh(Command::new("docker").args(["rm", "-f", &name]));
+    (code, format!("{out}{err}"))
+}
+
+fn rand_suffix() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+fn with(extra: &[(&'static str, &'static str)]) -> Vec<(&'static str, &'static str)> {
+    let mut env = base_env();
+    for (k, v) in extra {
+        env.retain(|(e, _)| e != k);
+        env.push((k, v));
+    }
+    env
+}
+
+#[test]
+fn bad_config_exits_64_and_names_the_variable() {
+    let cases: Vec<(Vec<(&str, &str)>, Vec<&str>, &str)> = vec![
+        (
+            base_env(),
+            vec!["PGPOOL_SIDECAR_NODES"],
+            "PGPOOL_SIDECAR_NODES",
+        ),
+        (
+            with(&[("PGPOOL_SIDECAR_PROBE_INTERVAL", "fast")]),
+            vec![],
+            "PGPOOL_SIDECAR_PROBE_INTERVAL",
+        ),
+        (
+            with(&[("PGPOOL_SIDECAR_HTTP_LISTEN", "0.0.0.0:70000")]),
+            vec![],
+            "PGPOOL_SIDECAR_HTTP_LISTEN",
+        ),
+        (
+            with(&[("PGPOOL_SIDECAR_NODES", "pg-0,pg-1:99999")]),
+            vec![],
+            "PGPOOL_SIDECAR_NODES",
+        ),
+        (
+            with(&[("PGPOOL_SIDECAR_PCP_PASSWORD_FILE", "/run/secrets/missing")]),
+            vec!["PGPOOL_SIDECAR_PCP_PASSWORD"],
+            "PGPOOL_SIDECAR_PCP_PASSWORD_FILE",
+        ),
+        (
+            with(&[("PGPOOL_CONF_FAILOVER_COMMAND", "/bin/true")]),
+            vec![],
+            "PGPOOL_CONF_FAILOVER_COMMAND",
+        ),
+    ];
+    for (env, remove, var) in cases {
+        let (code, log) = run_container(&env, &remove);
+        assert_eq!(code, 64, "{var}: exit code {code}, log:\n{log}");
+        assert!(log.contains(var), "{var} not named in:\n{log}");
+        for secret in ["x-super", "x-repl", "x-pcp"] {
+            assert!(!log.contains(secret), "secret leaked in:\n{log}");
+        }
+    }
+}
+
+#[test]
+fn configcheck_prints_effective_config_without_secrets() {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgpool-sidecar"));
+    cmd.env_clear().arg("configcheck");
+    for (k, v) in base_env() {
+        cmd.env(k, v);
+    }
+    let (code, out, err) = sh(&mut cmd);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["nodes"][0]["host"], "pg-0");
+    assert_eq!(v["nodes"][0]["port"], 5432);
+    assert!(out.contains("<redacted>"));
+    for secret in ["x-super", "x-repl", "x-pcp"] {
+        assert!(!out.contains(secret));
+    }
+}
+
+#[test]
+fn hook_without_daemon_or_with_bad_arguments_fails_loudly() {
+    let bin = env!("CARGO_BIN_EXE_pgpool-sidecar");
+    let (code, _, err) = sh(Command::new(bin).args([
+        "hook",
+        "--socket",
+        "/nonexistent/pgpool-sidecar.sock",
+        "failover",
+        "0",
+        "0",
+    ]));
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("cannot reach the pgpool-sidecar daemon"),
+        "{err}"
+    );
+    assert!(err.contains("/nonexistent/pgpool-sidecar.sock"), "{err}");
+
+    let (code, _, err) = sh(Command::new(bin).args(["hook", "failover", "zero"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("invalid value 'zero'"), "{err}");
+    let (code, _, err) = sh(Command::new(bin).args(["hook", "promote-everything"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("unrecognized subcommand"), "{err}");
+}
