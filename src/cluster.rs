@@ -84,6 +84,7 @@ impl NodeView {
         }
     }
 
+    /// The container cannot serve: stopped, gone, or frozen by `docker pause`.
     fn container_gone(&self) -> bool {
         matches!(
             self.container,
@@ -91,6 +92,7 @@ impl NodeView {
                 | Some(ContainerStatus::Dead)
                 | Some(ContainerStatus::Missing)
                 | Some(ContainerStatus::Created)
+                | Some(ContainerStatus::Paused)
         )
     }
 }
@@ -208,7 +210,7 @@ pub fn decide(view: &ClusterView, policy: &Policy) -> Vec<Action> {
     for n in view.nodes.iter().filter(|n| n.id != primary && !n.busy) {
         let serving = n.pool.is_some_and(|s| s.is_serving());
         let Some(pg) = &n.pg else {
-            if serving && n.probe_failures >= 1 {
+            if serving && n.probe_failures >= policy.probe_failures {
                 plan.push(Action::Detach {
                     node: n.id,
                     reason: "standby does not answer".into(),

@@ -319,12 +319,14 @@ impl DockerRuntime {
         })
     }
 
-    /// Fencing: make sure Docker will not bring the container back, then SIGKILL it.
-    /// The restart policy goes first, or `always`/`unless-stopped` would revive the old primary.
+    /// Fencing: make sure Docker will not bring the container back, and SIGKILL it.
+    /// The restart policy goes first, or `always`/`unless-stopped` would revive the old primary;
+    /// while a container is dying Docker refuses the update ("cannot update a stopped
+    /// container"), so then the kill goes ahead and the update is retried once it is down.
     pub async fn fence_kill(&self, c: &ContainerInfo) -> Result<(), DockerError> {
-        self.set_restart_no(c).await?;
+        let policy_set = self.set_restart_no(c).await;
         let opts = KillContainerOptionsBuilder::new().signal("SIGKILL").build();
-        match timed_for(
+        let killed = match timed_for(
             "kill",
             &c.name,
             API_TIMEOUT,
@@ -332,11 +334,22 @@ impl DockerRuntime {
         )
         .await
         {
-            Ok(()) => Ok(()),
             // Killing a container that is already down is a success: fencing is idempotent.
             Err(e) if e.to_string().contains("is not running") => Ok(()),
-            Err(e) => Err(e),
+            other => other,
+        };
+        if policy_set.is_err() {
+            let mut last = policy_set;
+            for _ in 0..20 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                last = self.set_restart_no(c).await;
+                if last.is_ok() {
+                    break;
+                }
+            }
+            last?;
         }
+        killed
     }
 
     pub async fn set_restart_no(&self, c: &ContainerInfo) -> Result<(), DockerError> {

@@ -14,7 +14,7 @@ use futures_util::future::join_all;
 
 use crate::cluster::{choose_candidate, NoCandidate, Policy};
 use crate::docker::DockerError;
-use crate::postgres::{primary_conninfo, synchronous_standby_names, PgError};
+use crate::postgres::{primary_conninfo, PgError};
 use crate::state::{Ctx, FailoverRecord, NodeState};
 
 #[derive(Debug, thiserror::Error)]
@@ -247,8 +247,7 @@ async fn run(ctx: &Arc<Ctx>, old: usize) -> Result<usize, FailoverError> {
         .map(|n| n.id)
         .collect();
     if ctx.cfg.synchronous_standbys > 0 {
-        let names: Vec<String> = live.iter().map(|&n| ctx.node_name(n).to_string()).collect();
-        let value = synchronous_standby_names(ctx.cfg.synchronous_standbys, &names);
+        let value = ctx.synchronous_value(candidate);
         if let Err(e) = ctx.sessions[candidate]
             .lock()
             .await

@@ -22,6 +22,8 @@ pub enum PgError {
     TimedOut { node: String, millis: u128 },
     #[error("query on node {node} failed: {message}")]
     Query { node: String, message: String },
+    #[error("connection to node {node} broke: {message}")]
+    Connection { node: String, message: String },
     #[error("node {node} returned an unexpected answer: {message}")]
     Unexpected { node: String, message: String },
     #[error("promotion of node {0} did not complete")]
@@ -186,6 +188,22 @@ impl Session {
 
     /// Runs one simple-protocol query with a deadline; drops the connection on failure.
     pub async fn query(
+        &mut self,
+        sql: &str,
+        timeout: Duration,
+    ) -> Result<Vec<tokio_postgres::SimpleQueryRow>, PgError> {
+        let had_connection = self.client.is_some();
+        match self.query_once(sql, timeout).await {
+            // A cached connection may be to a server that restarted since: one fresh try, so a
+            // restarted node is not reported down for a pass.
+            Err(PgError::Connection { .. }) if had_connection => {
+                self.query_once(sql, timeout).await
+            }
+            other => other,
+        }
+    }
+
+    async fn query_once(
         &mut self,
         sql: &str,
         timeout: Duration,

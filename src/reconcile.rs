@@ -40,16 +40,27 @@ pub async fn run(ctx: Arc<Ctx>) {
     let mut probes = Probes::new(&ctx);
     let mut tick = tokio::time::interval(ctx.cfg.probe_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut confirming = false;
     loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = ctx.wake.notified() => {}
+        if confirming {
+            // The primary just failed a probe: confirm (or clear) it without waiting a whole
+            // interval, so a hung primary costs PROBE_FAILURES × PROBE_TIMEOUT, not × interval.
+            tokio::time::sleep(ctx.cfg.probe_interval / 4).await;
+        } else {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = ctx.wake.notified() => {}
+            }
         }
         let view = observe(&ctx, &mut probes).await;
+        confirming = view
+            .primary
+            .is_some_and(|p| view.nodes[p].probe_failures > 0 && !view.nodes[p].busy);
         let plan = decide(&view, &policy(&ctx));
         for action in plan {
             act(&ctx, action).await;
         }
+        ensure_synchronous(&ctx, &mut probes).await;
         record(&ctx);
     }
 }
@@ -62,20 +73,43 @@ fn policy(ctx: &Ctx) -> Policy {
     }
 }
 
+/// Docker, every node and pgpool are asked at once: a pass lasts one probe timeout at most,
+/// however many of them hang.
 async fn observe(ctx: &Arc<Ctx>, probes: &mut Probes) -> ClusterView {
     let timeout = ctx.probe_timeout();
-    let containers = join_all(ctx.cfg.nodes.iter().map(|n| ctx.docker.find(&n.host))).await;
-    let pg = join_all(probes.sessions.iter_mut().map(|s| s.probe(timeout))).await;
     let (primary, pgpool_started) = ctx.with_state(|s| (s.view.primary, s.pgpool_started));
-    let replication = match primary {
-        Some(p) if pg[p].is_ok() => probes.sessions[p].replication(timeout).await.ok(),
-        _ => None,
+    let containers = join_all(ctx.cfg.nodes.iter().map(|n| ctx.docker.find(&n.host)));
+    let nodes = join_all(
+        probes
+            .sessions
+            .iter_mut()
+            .enumerate()
+            .map(|(i, s)| async move {
+                let pg = s.probe(timeout).await;
+                // The primary's view of its standbys, on the same connection right after its probe.
+                let rep = match &pg {
+                    Ok(p) if Some(i) == primary && !p.in_recovery => {
+                        s.replication(timeout).await.ok()
+                    }
+                    _ => None,
+                };
+                (pg, rep)
+            }),
+    );
+    let pool = async {
+        if pgpool_started {
+            ctx.pgpool.show_pool_nodes(timeout).await.ok()
+        } else {
+            None
+        }
     };
-    let pool = if pgpool_started {
-        ctx.pgpool.show_pool_nodes(timeout).await.ok()
-    } else {
-        None
-    };
+    let (containers, nodes, pool) = tokio::join!(containers, nodes, pool);
+    let mut replication = None;
+    let mut pg = Vec::with_capacity(nodes.len());
+    for (p, rep) in nodes {
+        replication = replication.or(rep);
+        pg.push(p);
+    }
     ctx.with_state(|s| {
         let mut nodes = Vec::with_capacity(ctx.cfg.nodes.len());
         for (i, (c, p)) in containers.into_iter().zip(pg).enumerate() {
@@ -184,6 +218,30 @@ async fn act(ctx: &Arc<Ctx>, action: Action) {
                 );
             }
         }
+    }
+}
+
+/// Synchronous mode: keeps the primary's `synchronous_standby_names` at the wanted value.
+async fn ensure_synchronous(ctx: &Ctx, probes: &mut Probes) {
+    if ctx.cfg.synchronous_standbys == 0 {
+        return;
+    }
+    let Some(primary) = ctx.primary() else { return };
+    let want = ctx.synchronous_value(primary);
+    let session = &mut probes.sessions[primary];
+    match session
+        .show("synchronous_standby_names", ctx.probe_timeout())
+        .await
+    {
+        Ok(have) if have == want => {}
+        Ok(_) => match session
+            .set_synchronous_standbys(&want, ctx.probe_timeout())
+            .await
+        {
+            Ok(()) => tracing::info!(value = %want, "synchronous_standby_names set on the primary"),
+            Err(e) => tracing::warn!(error = %e, "cannot set synchronous_standby_names"),
+        },
+        Err(e) => tracing::debug!(error = %e, "cannot read synchronous_standby_names"),
     }
 }
 
@@ -340,9 +398,10 @@ pub async fn watch_events(ctx: Arc<Ctx>) {
     }
 }
 
+/// Events after which a node serves nothing: it died, or it is frozen (`pause`).
 fn is_death(ev: &crate::docker::ContainerEvent) -> bool {
     match ev.action.as_str() {
-        "die" | "oom" | "health_status: unhealthy" => true,
+        "die" | "oom" | "pause" | "health_status: unhealthy" => true,
         "kill" => matches!(ev.signal.as_deref(), Some("9") | Some("SIGKILL")),
         _ => false,
     }

@@ -143,6 +143,17 @@ impl Ctx {
         });
     }
 
+    /// `synchronous_standby_names` for `primary`: every other node that is not fenced, so a
+    /// commit waits for N standbys that can still stream, never for a fenced old primary.
+    pub fn synchronous_value(&self, primary: usize) -> String {
+        let fenced = self.with_state(|s| s.fenced.clone());
+        let names: Vec<String> = (0..self.cfg.nodes.len())
+            .filter(|n| *n != primary && !fenced.contains(n))
+            .map(|n| self.node_name(n).to_string())
+            .collect();
+        crate::postgres::synchronous_standby_names(self.cfg.synchronous_standbys, &names)
+    }
+
     pub fn probe_timeout(&self) -> Duration {
         self.cfg.probe_timeout
     }

@@ -146,9 +146,33 @@ impl Cluster {
         self
     }
 
+    /// Full logs go to target/e2e-logs/<project>.log; the sidecar's last lines to stderr.
     pub fn dump_logs(&self) {
-        let (_, out, err) = sh(self.compose().args(["logs", "--no-color", "--tail", "200"]));
-        eprintln!("---- logs of {} ----\n{out}\n{err}", self.project);
+        self.save_logs(true)
+    }
+
+    fn save_logs(&self, print: bool) {
+        let (_, out, err) = sh(self.compose().args(["logs", "--no-color", "--timestamps"]));
+        let dir = repo().join("target/e2e-logs");
+        let _ = std::fs::create_dir_all(&dir);
+        let path = dir.join(format!("{}.log", self.project));
+        let _ = std::fs::write(&path, format!("{out}\n{err}"));
+        let sidecar: Vec<&str> = out
+            .lines()
+            .filter(|l| {
+                l.starts_with("pgpool_1") && !l.contains("child pid") && !l.contains("fork a new")
+            })
+            .collect();
+        if !print {
+            return;
+        }
+        let tail = &sidecar[sidecar.len().saturating_sub(80)..];
+        eprintln!(
+            "---- sidecar log tail of {} (full logs: {}) ----\n{}",
+            self.project,
+            path.display(),
+            tail.join("\n")
+        );
     }
 
     pub fn container(&self, service: &str) -> String {
@@ -269,9 +293,7 @@ pub async fn pool_nodes(c: &Client) -> Vec<(String, String, String)> {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        if std::thread::panicking() {
-            self.dump_logs();
-        }
+        self.save_logs(std::thread::panicking());
         let _ = sh(self
             .compose()
             .args(["down", "-v", "--remove-orphans", "-t", "2"]));
@@ -288,5 +310,96 @@ impl Drop for Cluster {
         let _ = sh(self
             .compose()
             .args(["down", "-v", "--remove-orphans", "-t", "0"]));
+    }
+}
+
+impl Cluster {
+    /// Waits until pgpool shows every node of `up` up (fresh session per poll) and `primary`
+    /// as its primary.
+    pub async fn wait_pool(&self, primary: &str, up: &[&str], limit: Duration) {
+        let id = |n: &str| n.trim_start_matches("pg-").to_string();
+        let start = Instant::now();
+        let mut last = vec![];
+        while start.elapsed() < limit {
+            if let Some(pool) = self.pgpool().await {
+                last = pool_nodes(&pool).await;
+                let ok = last
+                    .iter()
+                    .any(|(i, s, r)| *i == id(primary) && s == "up" && r == "primary")
+                    && up
+                        .iter()
+                        .all(|u| last.iter().any(|(i, s, _)| *i == id(u) && s == "up"));
+                if ok {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!(
+            "pgpool never showed {primary} primary and {up:?} up within {limit:?}; last: {last:?}"
+        );
+    }
+
+    /// One INSERT through pgpool on a fresh connection; Ok when acknowledged.
+    pub async fn write_once(&self, id: i64) -> Result<(), String> {
+        let c = self.pgpool().await.ok_or("no connection")?;
+        let q = format!("INSERT INTO acked (id) VALUES ({id})");
+        tokio::time::timeout(Duration::from_secs(2), c.simple_query(&q))
+            .await
+            .map_err(|_| "timeout".to_string())?
+            .map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    /// Retries a write through pgpool every 50 ms until one is acknowledged; returns seconds.
+    pub async fn write_until_ok(&self, id: i64, limit: Duration) -> f64 {
+        let start = Instant::now();
+        loop {
+            if self.write_once(id).await.is_ok() {
+                return start.elapsed().as_secs_f64();
+            }
+            if start.elapsed() > limit {
+                panic!("no write acknowledged through pgpool within {limit:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn create_acked_table(&self) {
+        let pool = self.pgpool().await.expect("pgpool");
+        query(
+            &pool,
+            "CREATE TABLE IF NOT EXISTS acked (id bigint primary key)",
+        )
+        .await
+        .expect("create table");
+    }
+
+    pub fn docker(&self, args: &[&str]) -> (i32, String, String) {
+        sh(Command::new("docker").args(args))
+    }
+
+    /// The node pgpool holds as primary, as `pg-N`, waiting up to 10 s for pgpool to answer
+    /// (it restarts its children around a failover).
+    pub async fn pool_primary(&self) -> Option<String> {
+        let start = Instant::now();
+        loop {
+            if let Some(p) = self.pool_primary_once().await {
+                return Some(p);
+            }
+            if start.elapsed() > Duration::from_secs(10) {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn pool_primary_once(&self) -> Option<String> {
+        let pool = self.pgpool().await?;
+        pool_nodes(&pool)
+            .await
+            .into_iter()
+            .find(|(_, s, r)| s == "up" && r == "primary")
+            .map(|(id, _, _)| format!("pg-{id}"))
     }
 }
