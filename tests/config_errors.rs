@@ -50,7 +50,8 @@ fn with(extra: &[(&'static str, &'static str)]) -> Vec<(&'static str, &'static s
 
 #[test]
 fn bad_config_exits_64_and_names_the_variable() {
-    let cases: Vec<(Vec<(&str, &str)>, Vec<&str>, &str)> = vec![
+    type Env = Vec<(&'static str, &'static str)>;
+    let cases: Vec<(Env, Vec<&str>, &str)> = vec![
         (
             base_env(),
             vec!["PGPOOL_SIDECAR_NODES"],
