@@ -29,6 +29,10 @@ pub struct NodeView {
     pub busy: bool,
     /// Fenced after a failover: stays down until recovery takes it back.
     pub fenced: bool,
+    /// Consecutive passes this reachable standby of the cluster did not stream from the primary.
+    pub not_streaming_passes: u32,
+    /// Bytes the standby has yet to replay, as the primary sees it.
+    pub lag_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -38,15 +42,25 @@ pub struct ClusterView {
     pub primary: Option<usize>,
     /// The cluster's system identifier, learned from the primary.
     pub system_identifier: Option<u64>,
+    /// The state generation (primary changes) this view was observed under.
+    pub generation: u64,
 }
 
 /// Settings the rules depend on.
 #[derive(Debug, Clone)]
 pub struct Policy {
     pub probe_failures: u32,
+    /// Bring fenced old primaries, removed containers and stray standbys back by themselves.
+    pub auto_rejoin: bool,
     pub max_lag_on_failover: u64,
     pub priorities: Vec<i32>,
+    /// The node that should be primary, and whether to switch back to it by itself.
+    pub preferred_primary: Option<usize>,
+    pub auto_failback: bool,
 }
+
+/// A standby this close to the primary may take over in a planned switchover without a wait.
+pub const CAUGHT_UP_BYTES: u64 = 1 << 20;
 
 /// What the sidecar should do next.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,6 +71,8 @@ pub enum Action {
     Failover { old: usize, reason: String },
     /// Wipe and re-clone the node from the primary (fresh initdb or former member only).
     Rebuild { node: usize, reason: String },
+    /// Bring the node back through the recovery ladder (attach → rewind → rebuild).
+    Rejoin { node: usize, reason: String },
     /// A second writable node with our system identifier: kill it before anyone writes to it.
     Fence { node: usize, reason: String },
     /// Healthy standby of the primary that pgpool does not use: attach it.
@@ -65,7 +81,13 @@ pub enum Action {
     Detach { node: usize, reason: String },
     /// The node holds another cluster's data: never touch it, tell the operator.
     ReportForeign { node: usize },
+    /// The preferred primary is a healthy, caught-up standby: switch over back to it.
+    Failback { to: usize },
 }
+
+/// Passes a reachable standby may go without streaming from the primary (it may be catching up
+/// or reconnecting) before it is taken out of pgpool and through the recovery ladder.
+pub const STRAY_PASSES: u32 = 5;
 
 /// Why no standby may be promoted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -181,9 +203,8 @@ pub fn primary_failure(view: &ClusterView, policy: &Policy) -> Option<String> {
     if p.probe_failures >= policy.probe_failures {
         return Some(format!("{} consecutive probes failed", p.probe_failures));
     }
-    if p.pg.as_ref().is_some_and(|pg| pg.in_recovery) {
-        return Some("it is in recovery".into());
-    }
+    // A primary that answers is never failed over, even if it says it is in recovery: that is
+    // an observation older than a promotion, or an operator at work — not a dead primary.
     None
 }
 
@@ -207,8 +228,33 @@ pub fn decide(view: &ClusterView, policy: &Policy) -> Vec<Action> {
         plan.push(Action::Attach { node: primary });
     }
     let primary_tl = view.nodes[primary].pg.as_ref().map(|p| p.timeline);
+    if let Some(p) = policy
+        .preferred_primary
+        .filter(|p| policy.auto_failback && *p != primary)
+    {
+        let n = &view.nodes[p];
+        let caught_up = n.lag_bytes.is_some_and(|l| l <= CAUGHT_UP_BYTES);
+        let calm = view.nodes.iter().all(|n| !n.busy);
+        if n.streaming_from_primary && caught_up && !n.fenced && calm {
+            plan.push(Action::Failback { to: p });
+        }
+    }
     for n in view.nodes.iter().filter(|n| n.id != primary && !n.busy) {
         let serving = n.pool.is_some_and(|s| s.is_serving());
+        if policy.auto_rejoin && n.fenced && n.container.is_some() {
+            plan.push(Action::Rejoin {
+                node: n.id,
+                reason: "fenced old primary".into(),
+            });
+            continue;
+        }
+        if policy.auto_rejoin && n.container == Some(ContainerStatus::Missing) {
+            plan.push(Action::Rejoin {
+                node: n.id,
+                reason: "container removed".into(),
+            });
+            continue;
+        }
         let Some(pg) = &n.pg else {
             if serving && n.probe_failures >= policy.probe_failures {
                 plan.push(Action::Detach {
@@ -252,6 +298,20 @@ pub fn decide(view: &ClusterView, policy: &Policy) -> Vec<Action> {
         if healthy && !serving && !n.fenced {
             plan.push(Action::Attach { node: n.id });
         }
+        if !n.streaming_from_primary && n.not_streaming_passes >= STRAY_PASSES {
+            if serving {
+                plan.push(Action::Detach {
+                    node: n.id,
+                    reason: "standby does not stream from the primary".into(),
+                });
+            }
+            if policy.auto_rejoin {
+                plan.push(Action::Rejoin {
+                    node: n.id,
+                    reason: "standby does not stream from the primary".into(),
+                });
+            }
+        }
     }
     plan
 }
@@ -264,7 +324,10 @@ mod tests {
 
     fn policy() -> Policy {
         Policy {
+            preferred_primary: None,
+            auto_failback: false,
             probe_failures: 3,
+            auto_rejoin: true,
             max_lag_on_failover: 1 << 20,
             priorities: vec![0, 0, 0],
         }
@@ -312,6 +375,7 @@ mod tests {
             nodes,
             primary: Some(0),
             system_identifier: Some(SYSID),
+            generation: 0,
         }
     }
 
@@ -452,8 +516,14 @@ mod tests {
         let mut b = standby(2, 100);
         b.pool = Some(PoolStatus::Down);
         b.streaming_from_primary = false;
-        let v = cluster(vec![primary(0, 100), a.clone(), b]);
+        let v = cluster(vec![primary(0, 100), a.clone(), b.clone()]);
         assert_eq!(decide(&v, &policy()), vec![Action::Attach { node: 1 }]);
+        b.not_streaming_passes = STRAY_PASSES;
+        let v = cluster(vec![primary(0, 100), a.clone(), b]);
+        assert!(decide(&v, &policy()).contains(&Action::Rejoin {
+            node: 2,
+            reason: "standby does not stream from the primary".into()
+        }));
         a.pg.as_mut().unwrap().timeline = 0;
         let v = cluster(vec![primary(0, 100), a]);
         assert!(decide(&v, &policy()).is_empty());

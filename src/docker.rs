@@ -116,6 +116,9 @@ pub struct ContainerInfo {
     /// What a job container must share with the node.
     #[serde(skip)]
     pub spec: JobSpec,
+    /// The whole inspect answer: the spec to recreate the container from if it disappears.
+    #[serde(skip)]
+    pub raw: Box<bollard::models::ContainerInspectResponse>,
 }
 
 /// The parts of a node container a job container must share: image, mounts, network.
@@ -141,6 +144,28 @@ pub struct ContainerEvent {
 pub struct DockerRuntime {
     docker: Docker,
     scope: Scope,
+}
+
+/// Mounts as bind strings: named and anonymous volumes by name, binds by host path.
+fn binds_of(c: &bollard::models::ContainerInspectResponse) -> Vec<String> {
+    c.mounts
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|m| {
+            let source = if m.typ.as_deref() == Some("volume") {
+                m.name?
+            } else {
+                m.source?
+            };
+            let dest = m.destination?;
+            Some(if m.rw == Some(false) {
+                format!("{source}:{dest}:ro")
+            } else {
+                format!("{source}:{dest}")
+            })
+        })
+        .collect()
 }
 
 async fn timed<T, F>(operation: &'static str, fut: F) -> Result<T, DockerError>
@@ -274,35 +299,18 @@ impl DockerRuntime {
             .find_map(|e| e.strip_prefix("PGDATA="))
             .unwrap_or("/var/lib/postgresql/data")
             .to_string();
-        let binds = c
-            .mounts
-            .clone()
-            .unwrap_or_default()
-            .into_iter()
-            .filter_map(|m| {
-                // Named and anonymous volumes are addressed by name, binds by host path.
-                let source = if m.typ.as_deref() == Some("volume") {
-                    m.name?
-                } else {
-                    m.source?
-                };
-                let dest = m.destination?;
-                Some(if m.rw == Some(false) {
-                    format!("{source}:{dest}:ro")
-                } else {
-                    format!("{source}:{dest}")
-                })
-            })
-            .collect();
+        let binds = binds_of(&c);
         let network = c
             .network_settings
+            .clone()
             .and_then(|n| n.networks)
             .and_then(|n| n.into_keys().next());
         let image = config.image.clone().unwrap_or_default();
         Ok(ContainerInfo {
-            id: c.id.unwrap_or_else(|| id.to_string()),
+            id: c.id.clone().unwrap_or_else(|| id.to_string()),
             name: c
                 .name
+                .clone()
                 .unwrap_or_default()
                 .trim_start_matches('/')
                 .to_string(),
@@ -316,7 +324,101 @@ impl DockerRuntime {
                 binds,
                 network,
             },
+            raw: Box::new(c),
         })
+    }
+
+    /// Creates the container again from its last inspect (after `docker rm -f`): same name,
+    /// image, env, command, labels (compose's included, so compose still owns it), ports,
+    /// healthcheck, volumes (named and anonymous, by name: data that survived is reused) and the
+    /// network with its aliases. Not the old hostname, IP or endpoint ids: those belong to the
+    /// dead container. One network at create time; the rest are connected after (API < 1.44).
+    pub async fn recreate(
+        &self,
+        last: &bollard::models::ContainerInspectResponse,
+    ) -> Result<ContainerInfo, DockerError> {
+        let config = last.config.clone().unwrap_or_default();
+        let labels = config.labels.clone().unwrap_or_default();
+        let name = last
+            .name
+            .clone()
+            .unwrap_or_default()
+            .trim_start_matches('/')
+            .to_string();
+        if !self.scope.admits(&labels) {
+            return Err(DockerError::OutOfScope(name));
+        }
+        let old_id = last.id.clone().unwrap_or_default();
+        let hc = last.host_config.clone().unwrap_or_default();
+        let mut networks: Vec<(String, EndpointSettings)> = last
+            .network_settings
+            .clone()
+            .and_then(|n| n.networks)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(net, ep)| {
+                let aliases = ep.aliases.map(|a| {
+                    a.into_iter()
+                        .filter(|x| old_id.is_empty() || !old_id.starts_with(x.as_str()))
+                        .collect()
+                });
+                (
+                    net,
+                    EndpointSettings {
+                        aliases,
+                        ..Default::default()
+                    },
+                )
+            })
+            .collect();
+        networks.sort_by(|a, b| a.0.cmp(&b.0));
+        let first = networks.first().cloned();
+        let body = ContainerCreateBody {
+            image: config.image,
+            env: config.env,
+            cmd: config.cmd,
+            entrypoint: config.entrypoint,
+            labels: Some(labels),
+            exposed_ports: config.exposed_ports,
+            healthcheck: config.healthcheck,
+            user: config.user,
+            working_dir: config.working_dir,
+            stop_signal: config.stop_signal,
+            stop_timeout: config.stop_timeout,
+            host_config: Some(HostConfig {
+                binds: Some(binds_of(last)),
+                port_bindings: hc.port_bindings,
+                restart_policy: hc.restart_policy,
+                network_mode: first.as_ref().map(|(n, _)| n.clone()).or(hc.network_mode),
+                ..Default::default()
+            }),
+            networking_config: first.map(|(n, ep)| NetworkingConfig {
+                endpoints_config: Some(HashMap::from([(n, ep)])),
+            }),
+            ..Default::default()
+        };
+        let opts = CreateContainerOptionsBuilder::new().name(&name).build();
+        let created = timed_for(
+            "create",
+            &name,
+            API_TIMEOUT,
+            self.docker.create_container(Some(opts), body),
+        )
+        .await?;
+        for (net, ep) in networks.into_iter().skip(1) {
+            let req = bollard::models::NetworkConnectRequest {
+                container: created.id.clone(),
+                endpoint_config: Some(ep),
+            };
+            timed_for(
+                "connect",
+                &name,
+                API_TIMEOUT,
+                self.docker.connect_network(&net, req),
+            )
+            .await?;
+        }
+        self.inspect(&created.id).await
     }
 
     /// Fencing: make sure Docker will not bring the container back, and SIGKILL it.

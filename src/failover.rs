@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::future::join_all;
 
-use crate::cluster::{choose_candidate, NoCandidate, Policy};
+use crate::cluster::{choose_candidate, NoCandidate};
 use crate::docker::DockerError;
 use crate::postgres::{primary_conninfo, PgError};
 use crate::state::{Ctx, FailoverRecord, NodeState};
@@ -39,14 +39,6 @@ pub enum Outcome {
     Promoted {
         new_primary: usize,
     },
-}
-
-fn policy(ctx: &Ctx) -> Policy {
-    Policy {
-        probe_failures: ctx.cfg.probe_failures,
-        max_lag_on_failover: ctx.cfg.max_lag_on_failover,
-        priorities: ctx.cfg.priorities.clone(),
-    }
 }
 
 /// Is the primary really gone? pgpool also calls its failover hook on a single broken backend
@@ -223,7 +215,7 @@ async fn run(ctx: &Arc<Ctx>, old: usize) -> Result<usize, FailoverError> {
             node.fenced = ctx.with_state(|s| s.fenced.contains(&n));
         }
     }
-    let candidate = choose_candidate(&view, &policy(ctx), old, old_lsn)?;
+    let candidate = choose_candidate(&view, &ctx.policy(), old, old_lsn)?;
     let cand_name = ctx.node_name(candidate).to_string();
     tracing::info!(candidate = %cand_name, "promoting the most advanced standby");
 
@@ -235,6 +227,7 @@ async fn run(ctx: &Arc<Ctx>, old: usize) -> Result<usize, FailoverError> {
         .await?;
     ctx.with_state(|s| {
         s.view.primary = Some(candidate);
+        s.generation += 1;
         s.last_primary_lsn = None;
         s.node_state.insert(candidate, NodeState::Primary);
     });

@@ -1,7 +1,9 @@
-//! The HTTP API (hyper): `/metrics`, `/healthz`, `/readyz`, `/status`.
+//! The HTTP API (hyper): `/metrics`, `/healthz`, `/readyz`, `/status`, and the mutating
+//! `POST /nodes/{id}/recover[?rebuild=true]` and `POST /switchover[?to=<node>]`.
 //!
-//! Reads: the metrics registry and the shared state, per request. Changes: nothing yet; mutating
-//! endpoints will require the bearer token and are off without one.
+//! Reads: the metrics registry and the shared state, per request. Changes: through recovery and
+//! switchover, only for a request carrying the configured bearer token; without a configured
+//! token the mutating endpoints are off.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -15,7 +17,9 @@ use hyper_util::rt::TokioIo;
 use serde_json::json;
 use tokio::net::TcpListener;
 
+use crate::recovery::RecoveryError;
 use crate::state::Ctx;
+use crate::switchover::SwitchoverError;
 
 type Resp = Response<Full<Bytes>>;
 
@@ -45,12 +49,15 @@ pub async fn serve(ctx: Arc<Ctx>, listener: TcpListener) {
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
                 let c = c.clone();
-                async move { Ok::<_, Infallible>(route(&c, req)) }
+                async move { Ok::<_, Infallible>(route(&c, req).await) }
             });
+            // A client that never finishes its request headers must not hold a task forever;
+            // a recovery it asked for may legitimately take minutes.
             let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(std::time::Duration::from_secs(10))
                 .serve_connection(TokioIo::new(stream), svc);
-            // A client that never finishes its request must not hold a task forever.
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(30), conn).await;
+            let _ = conn.await;
         });
     }
 }
@@ -59,8 +66,102 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
-fn route(ctx: &Ctx, req: Request<Incoming>) -> Resp {
-    match (req.method(), req.uri().path()) {
+fn error(status: StatusCode, message: impl std::fmt::Display) -> Resp {
+    json_reply(status, json!({ "error": message.to_string() }))
+}
+
+/// The bearer token check; `Err` is the response to send.
+fn authorize(ctx: &Ctx, req: &Request<Incoming>) -> Result<(), Resp> {
+    let Some(token) = &ctx.cfg.api_token else {
+        return Err(error(
+            StatusCode::FORBIDDEN,
+            "mutating endpoints are disabled: set PGPOOL_SIDECAR_API_TOKEN to enable them",
+        ));
+    };
+    let given = req
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        Some(g) if token.matches(g) => Ok(()),
+        Some(_) => Err(error(StatusCode::UNAUTHORIZED, "wrong bearer token")),
+        None => Err(error(
+            StatusCode::UNAUTHORIZED,
+            "missing `Authorization: Bearer <token>` header",
+        )),
+    }
+}
+
+/// A node named by id (`1`) or host (`pg-1`).
+pub fn node_by_name(ctx: &Ctx, key: &str) -> Option<usize> {
+    key.parse::<usize>()
+        .ok()
+        .filter(|&i| i < ctx.cfg.nodes.len())
+        .or_else(|| ctx.cfg.nodes.iter().position(|n| n.host == key))
+}
+
+fn query_param<'a>(req: &'a Request<Incoming>, key: &str) -> Option<&'a str> {
+    req.uri().query()?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, "true"));
+        (k == key).then_some(v)
+    })
+}
+
+async fn recover(ctx: &Arc<Ctx>, req: Request<Incoming>, key: &str) -> Resp {
+    if let Err(r) = authorize(ctx, &req) {
+        return r;
+    }
+    let Some(node) = node_by_name(ctx, key) else {
+        return error(StatusCode::NOT_FOUND, format!("unknown node {key:?}"));
+    };
+    let rebuild = matches!(query_param(&req, "rebuild"), Some("true" | "1" | "yes"));
+    match crate::recovery::recover(ctx, node, rebuild, "requested over HTTP").await {
+        Ok(r) => json_reply(StatusCode::OK, json!(r)),
+        Err(e @ (RecoveryError::IsPrimary(_) | RecoveryError::Busy(_))) => {
+            error(StatusCode::CONFLICT, e)
+        }
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
+async fn switchover(ctx: &Arc<Ctx>, req: Request<Incoming>) -> Resp {
+    if let Err(r) = authorize(ctx, &req) {
+        return r;
+    }
+    let to = match query_param(&req, "to") {
+        None => None,
+        Some(key) => match node_by_name(ctx, key) {
+            Some(n) => Some(n),
+            None => return error(StatusCode::NOT_FOUND, format!("unknown node {key:?}")),
+        },
+    };
+    match crate::switchover::switchover(ctx, to).await {
+        Ok(r) => json_reply(StatusCode::OK, json!(r)),
+        Err(
+            e @ (SwitchoverError::AlreadyPrimary(_)
+            | SwitchoverError::TargetUnhealthy { .. }
+            | SwitchoverError::NoStandby
+            | SwitchoverError::NoPrimary),
+        ) => error(StatusCode::CONFLICT, e),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
+async fn route(ctx: &Arc<Ctx>, req: Request<Incoming>) -> Resp {
+    let path = req.uri().path().to_string();
+    if req.method() == Method::POST {
+        if path == "/switchover" {
+            return switchover(ctx, req).await;
+        }
+        if let Some(key) = path
+            .strip_prefix("/nodes/")
+            .and_then(|r| r.strip_suffix("/recover"))
+        {
+            return recover(ctx, req, key).await;
+        }
+    }
+    match (req.method(), path.as_str()) {
         (&Method::GET, "/metrics") => reply(
             StatusCode::OK,
             "text/plain; version=0.0.4",
@@ -85,7 +186,7 @@ fn route(ctx: &Ctx, req: Request<Incoming>) -> Resp {
             reply(status, "text/plain", format!("{why}\n"))
         }
         (&Method::GET, "/status") => json_reply(StatusCode::OK, status(ctx)),
-        (_, "/metrics" | "/healthz" | "/readyz" | "/status") => reply(
+        (_, "/metrics" | "/healthz" | "/readyz" | "/status" | "/switchover") => reply(
             StatusCode::METHOD_NOT_ALLOWED,
             "text/plain",
             "method not allowed\n",

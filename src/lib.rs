@@ -20,3 +20,4 @@ pub mod reaper;
 pub mod reconcile;
 pub mod recovery;
 pub mod state;
+pub mod switchover;

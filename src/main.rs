@@ -31,6 +31,21 @@ enum Command {
     Configcheck,
     /// Exit 0 when the local daemon reports ready (for container healthchecks).
     Healthcheck,
+    /// Bring a node back as a streaming standby (re-attach → pg_rewind → rebuild), through the
+    /// local daemon's API (needs PGPOOL_SIDECAR_API_TOKEN).
+    Recover {
+        /// Node id or host name, e.g. `pg-1`.
+        node: String,
+        /// Skip the cheaper rungs and rebuild from the primary.
+        #[arg(long)]
+        rebuild: bool,
+    },
+    /// Planned switchover, no acknowledged commit lost (needs PGPOOL_SIDECAR_API_TOKEN).
+    Switchover {
+        /// The standby to promote (default: the most advanced healthy one).
+        #[arg(long)]
+        to: Option<String>,
+    },
     /// Called by pgpool (failover_command / follow_primary_command); forwards to the daemon.
     Hook {
         /// The daemon's hook socket.
@@ -47,6 +62,7 @@ enum Command {
 #[derive(Subcommand)]
 enum HookCall {
     /// pgpool detached a node (`%d %P`).
+    #[command(allow_negative_numbers = true)]
     Failover {
         /// The failed node id (%d).
         failed_node: i64,
@@ -56,6 +72,7 @@ enum HookCall {
         new_main: Option<i64>,
     },
     /// pgpool asks standby `node` (%d) to follow the new primary (%m).
+    #[command(allow_negative_numbers = true)]
     FollowPrimary { node: i64, new_primary: i64 },
 }
 
@@ -112,6 +129,20 @@ async fn main() -> ExitCode {
             Err(code) => code,
         },
         Command::Healthcheck => healthcheck().await,
+        Command::Recover { node, rebuild } => {
+            let path = format!(
+                "/nodes/{node}/recover{}",
+                if rebuild { "?rebuild=true" } else { "" }
+            );
+            api_call(&path).await
+        }
+        Command::Switchover { to } => {
+            let path = match to {
+                Some(t) => format!("/switchover?to={t}"),
+                None => "/switchover".to_string(),
+            };
+            api_call(&path).await
+        }
         Command::Hook {
             socket,
             timeout,
@@ -144,8 +175,14 @@ async fn main() -> ExitCode {
     }
 }
 
-/// GET /readyz on the local daemon's port; no HTTP client library needed for one request line.
-async fn healthcheck() -> ExitCode {
+/// One request to the local daemon's HTTP API; (status, body). One request line needs no HTTP
+/// client library.
+async fn local_request(
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    limit: Duration,
+) -> Result<(u16, String), String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let port = std::env::var("PGPOOL_SIDECAR_HTTP_LISTEN")
         .ok()
@@ -157,26 +194,67 @@ async fn healthcheck() -> ExitCode {
         .unwrap_or(9720);
     let attempt = async {
         let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-        s.write_all(b"GET /readyz HTTP/1.0\r\nHost: localhost\r\n\r\n")
-            .await?;
+        let auth = token
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        let req = format!(
+            "{method} {path} HTTP/1.0\r\nHost: localhost\r\n{auth}Content-Length: 0\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).await?;
         let mut buf = String::new();
         s.read_to_string(&mut buf).await?;
         Ok::<_, std::io::Error>(buf)
     };
-    match tokio::time::timeout(Duration::from_secs(3), attempt).await {
-        Ok(Ok(resp)) if resp.starts_with("HTTP/1.1 200") || resp.starts_with("HTTP/1.0 200") => {
-            ExitCode::SUCCESS
-        }
-        Ok(Ok(resp)) => {
-            eprintln!("not ready: {}", resp.lines().last().unwrap_or(""));
+    let resp = tokio::time::timeout(limit, attempt)
+        .await
+        .map_err(|_| format!("no answer from the daemon on port {port} within {limit:?}"))?
+        .map_err(|e| format!("cannot reach the daemon on 127.0.0.1:{port}: {e}"))?;
+    let status = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    Ok((status, body.trim().to_string()))
+}
+
+/// GET /readyz: exit 0 when ready.
+async fn healthcheck() -> ExitCode {
+    match local_request("GET", "/readyz", None, Duration::from_secs(3)).await {
+        Ok((200, _)) => ExitCode::SUCCESS,
+        Ok((_, body)) => {
+            eprintln!("not ready: {body}");
             ExitCode::FAILURE
         }
-        Ok(Err(e)) => {
+        Err(e) => {
             eprintln!("not ready: {e}");
             ExitCode::FAILURE
         }
-        Err(_) => {
-            eprintln!("not ready: no answer within 3 s");
+    }
+}
+
+/// A mutating API call with the token from PGPOOL_SIDECAR_API_TOKEN(_FILE); prints the answer.
+async fn api_call(path: &str) -> ExitCode {
+    let token = std::env::var("PGPOOL_SIDECAR_API_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty())
+        .or_else(|| {
+            let f = std::env::var("PGPOOL_SIDECAR_API_TOKEN_FILE").ok()?;
+            std::fs::read_to_string(f)
+                .ok()
+                .map(|t| t.trim_end_matches('\n').to_string())
+        });
+    match local_request("POST", path, token.as_deref(), Duration::from_secs(3600)).await {
+        Ok((200, body)) => {
+            println!("{body}");
+            ExitCode::SUCCESS
+        }
+        Ok((status, body)) => {
+            eprintln!("pgpool-sidecar: refused ({status}): {body}");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("pgpool-sidecar: {e}");
             ExitCode::FAILURE
         }
     }

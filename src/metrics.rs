@@ -303,7 +303,14 @@ mod tests {
     #[test]
     fn series_exist_before_any_event() {
         let m = Metrics::new(3);
+        m.recoveries
+            .with_label_values(&["1", "rebuild", "success"])
+            .inc();
         let text = String::from_utf8(m.render()).unwrap();
+        // Label pairs come out sorted by name, whatever the declaration order.
+        assert!(text.contains(
+            "pgpool_sidecar_recoveries_total{method=\"rebuild\",node=\"1\",result=\"success\"} 1"
+        ));
         assert!(text.contains("pgpool_sidecar_build_info{version=\""));
         assert!(text.contains("pgpool_sidecar_backend_up{node=\"2\"} 0"));
         assert!(text.contains("pgpool_sidecar_backend_role{node=\"1\",role=\"unknown\"} 1"));

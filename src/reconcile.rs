@@ -12,7 +12,7 @@ use std::time::Duration;
 use futures_util::future::join_all;
 use futures_util::StreamExt;
 
-use crate::cluster::{decide, Action, ClusterView, NodeView, Policy};
+use crate::cluster::{decide, Action, ClusterView, NodeView};
 use crate::docker::ContainerStatus;
 use crate::metrics::ROLES;
 use crate::pgpool::control::PoolStatus;
@@ -24,6 +24,7 @@ use crate::{failover, pgpool, recovery};
 pub struct Probes {
     sessions: Vec<Session>,
     failures: Vec<u32>,
+    not_streaming: Vec<u32>,
 }
 
 impl Probes {
@@ -32,6 +33,7 @@ impl Probes {
         Probes {
             sessions: (0..n).map(|i| Session::new(ctx.endpoint(i))).collect(),
             failures: vec![0; n],
+            not_streaming: vec![0; n],
         }
     }
 }
@@ -52,32 +54,29 @@ pub async fn run(ctx: Arc<Ctx>) {
                 _ = ctx.wake.notified() => {}
             }
         }
-        let view = observe(&ctx, &mut probes).await;
+        let Some(view) = observe(&ctx, &mut probes).await else {
+            // The primary changed while we looked: look again before acting.
+            confirming = false;
+            continue;
+        };
         confirming = view
             .primary
             .is_some_and(|p| view.nodes[p].probe_failures > 0 && !view.nodes[p].busy);
-        let plan = decide(&view, &policy(&ctx));
+        let plan = decide(&view, &ctx.policy());
         for action in plan {
-            act(&ctx, action).await;
+            act(&ctx, action, view.generation).await;
         }
         ensure_synchronous(&ctx, &mut probes).await;
         record(&ctx);
     }
 }
 
-fn policy(ctx: &Ctx) -> Policy {
-    Policy {
-        probe_failures: ctx.cfg.probe_failures,
-        max_lag_on_failover: ctx.cfg.max_lag_on_failover,
-        priorities: ctx.cfg.priorities.clone(),
-    }
-}
-
 /// Docker, every node and pgpool are asked at once: a pass lasts one probe timeout at most,
 /// however many of them hang.
-async fn observe(ctx: &Arc<Ctx>, probes: &mut Probes) -> ClusterView {
+async fn observe(ctx: &Arc<Ctx>, probes: &mut Probes) -> Option<ClusterView> {
     let timeout = ctx.probe_timeout();
-    let (primary, pgpool_started) = ctx.with_state(|s| (s.view.primary, s.pgpool_started));
+    let (primary, pgpool_started, generation) =
+        ctx.with_state(|s| (s.view.primary, s.pgpool_started, s.generation));
     let containers = join_all(ctx.cfg.nodes.iter().map(|n| ctx.docker.find(&n.host)));
     let nodes = join_all(
         probes
@@ -111,11 +110,18 @@ async fn observe(ctx: &Arc<Ctx>, probes: &mut Probes) -> ClusterView {
         pg.push(p);
     }
     ctx.with_state(|s| {
+        if s.generation != generation {
+            return None;
+        }
         let mut nodes = Vec::with_capacity(ctx.cfg.nodes.len());
         for (i, (c, p)) in containers.into_iter().zip(pg).enumerate() {
             let name = ctx.node_name(i).to_string();
             let container = match c {
-                Ok(Some(c)) => Some(c.status),
+                Ok(Some(c)) => {
+                    let status = c.status.clone();
+                    s.last_spec.insert(i, *c.raw);
+                    Some(status)
+                }
                 Ok(None) => Some(ContainerStatus::Missing),
                 Err(e) => {
                     ctx.metrics
@@ -140,6 +146,17 @@ async fn observe(ctx: &Arc<Ctx>, probes: &mut Probes) -> ClusterView {
                 .as_ref()
                 .and_then(|r| r.get(&name))
                 .is_some_and(|r| r.state == "streaming");
+            let stray = replication.is_some()
+                && Some(i) != primary
+                && !streaming_from_primary
+                && pg.as_ref().is_some_and(|p| {
+                    p.in_recovery && Some(p.system_identifier) == s.view.system_identifier
+                });
+            probes.not_streaming[i] = if stray {
+                probes.not_streaming[i] + 1
+            } else {
+                0
+            };
             nodes.push(NodeView {
                 id: i,
                 name,
@@ -153,6 +170,11 @@ async fn observe(ctx: &Arc<Ctx>, probes: &mut Probes) -> ClusterView {
                 streaming_from_primary,
                 busy: s.busy.contains(&i),
                 fenced: s.fenced.contains(&i),
+                not_streaming_passes: probes.not_streaming[i],
+                lag_bytes: replication
+                    .as_ref()
+                    .and_then(|r| r.get(ctx.node_name(i)))
+                    .map(|r| r.replay_lag_bytes),
             });
         }
         if let Some(p) = primary {
@@ -166,27 +188,51 @@ async fn observe(ctx: &Arc<Ctx>, probes: &mut Probes) -> ClusterView {
         s.pgpool_up = pool.is_some();
         s.pool_nodes = pool.unwrap_or_default();
         s.replication = replication.unwrap_or_default();
-        s.view.clone()
+        s.view.generation = generation;
+        Some(s.view.clone())
     })
 }
 
-async fn act(ctx: &Arc<Ctx>, action: Action) {
+async fn act(ctx: &Arc<Ctx>, action: Action, generation: u64) {
+    // A plan made before the primary changed is void: the next pass re-plans.
+    if ctx.with_state(|s| s.generation) != generation {
+        return;
+    }
     match action {
         Action::AdoptPrimary { node } => adopt_primary(ctx, node),
         Action::Failover { old, reason } => {
             let _ = failover::failover(ctx, old, "probe", &reason, false).await;
         }
-        Action::Rebuild { node, reason } => {
-            let first = ctx.with_state(|s| s.busy.insert(node));
-            if first {
+        Action::Rebuild { node, reason } => spawn_recovery(ctx, node, true, reason),
+        Action::Rejoin { node, reason } => spawn_recovery(ctx, node, false, reason),
+        Action::Failback { to } => {
+            // Not right after a failover: the cluster should settle before a planned change.
+            let settled = ctx.with_state(|s| {
+                s.last_failover.as_ref().is_none_or(|f| {
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_secs_f64())
+                        .unwrap_or_default();
+                    now - f.at_unix > FAILBACK_SETTLE_SECONDS
+                })
+            });
+            // A switchover or failover holding the lock: look again on a later pass.
+            let idle = ctx.failover_lock.try_lock().is_ok();
+            if settled && idle {
+                tracing::warn!(to = %ctx.node_name(to), "failback to the preferred primary");
                 let c = ctx.clone();
-                ctx.spawn(format!("rebuild-{}", ctx.node_name(node)), async move {
-                    let _ = recovery::rebuild(&c, node, &reason).await;
-                    c.with_state(|s| s.busy.remove(&node));
+                ctx.spawn("failback", async move {
+                    let _ = crate::switchover::switchover(&c, Some(to)).await;
                 });
             }
         }
         Action::Fence { node, reason } => {
+            // Under the failover lock, so a promotion in flight cannot be mistaken for a rogue.
+            let _guard = ctx.failover_lock.lock().await;
+            let (now, primary) = ctx.with_state(|s| (s.generation, s.view.primary));
+            if now != generation || primary == Some(node) {
+                return;
+            }
             tracing::error!(node = %ctx.node_name(node), reason, "split brain: fencing the node");
             if failover::fence(ctx, node).await.is_ok() {
                 ctx.with_state(|s| {
@@ -245,6 +291,21 @@ async fn ensure_synchronous(ctx: &Ctx, probes: &mut Probes) {
     }
 }
 
+/// Seconds after a failover before an automatic failback may start.
+const FAILBACK_SETTLE_SECONDS: f64 = 10.0;
+
+/// Runs the recovery ladder for `node` in its own task; `recover` marks the node busy, so a
+/// second request while one runs is refused there.
+fn spawn_recovery(ctx: &Arc<Ctx>, node: usize, force_rebuild: bool, reason: String) {
+    if ctx.with_state(|s| s.busy.contains(&node)) {
+        return;
+    }
+    let c = ctx.clone();
+    ctx.spawn(format!("recover-{}", ctx.node_name(node)), async move {
+        let _ = recovery::recover(&c, node, force_rebuild, &reason).await;
+    });
+}
+
 /// Takes `node` as primary; the first time, starts pgpool with only verified nodes up.
 fn adopt_primary(ctx: &Arc<Ctx>, node: usize) {
     let start_pgpool = ctx.with_state(|s| {
@@ -253,6 +314,7 @@ fn adopt_primary(ctx: &Arc<Ctx>, node: usize) {
         s.node_state.insert(node, NodeState::Primary);
         !std::mem::replace(&mut s.pgpool_started, true)
     });
+    ctx.with_state(|s| s.generation += 1);
     tracing::info!(node = %ctx.node_name(node), "primary adopted");
     if start_pgpool {
         let c = ctx.clone();

@@ -1,17 +1,24 @@
-//! Bringing a node back as a streaming standby of the current primary.
+//! Online recovery: bringing a node back as a streaming standby of the current primary, cheapest
+//! way first — restart/re-point and re-attach → `pg_rewind` → rebuild by `pg_basebackup`.
 //!
-//! Reads: the node's container spec, the primary's replication view. Changes: detaches the node
-//! from pgpool, stops its container, rebuilds its PGDATA in a one-off job container
-//! (`pg_basebackup`), starts it, waits until it streams, attaches it. Runs on demand, one task
-//! per node; the node is marked busy so nothing else acts on it meanwhile.
+//! Reads: the node's container (or its last known spec, to recreate it), its data directory
+//! through one-off job containers (`pg_controldata`), the primary's replication view.
+//! Changes: detaches the node from pgpool, stops/starts/recreates its container, rewrites its
+//! PGDATA in job containers, re-points it, attaches it once it streams. Runs on demand, one task
+//! per node (the node is marked busy meanwhile), from the reconcile loop (fresh nodes, fenced old
+//! primaries, returning standbys) or from `recover` / `POST /nodes/{id}/recover`.
 //!
-//! A job that fails leaves the node stopped and detached — never attached half-built — and the
-//! reconcile loop tries again on a later pass.
+//! Safety: data is destroyed (rewind, rebuild) only on a node that is not the primary and whose
+//! data is empty or carries this cluster's system identifier, checked right before the job. A job
+//! that fails leaves the node stopped and detached — never attached half-built — and the ladder
+//! falls to the next rung.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::docker::DockerError;
+use serde::Serialize;
+
+use crate::docker::{ContainerInfo, DockerError};
 use crate::pgpool::control::PgpoolError;
 use crate::postgres::{primary_conninfo, sql_literal};
 use crate::state::{Ctx, NodeState};
@@ -20,10 +27,14 @@ use crate::state::{Ctx, NodeState};
 pub enum RecoveryError {
     #[error("no primary to recover from")]
     NoPrimary,
-    #[error("node {0} is the primary; refusing to rebuild it")]
+    #[error("node {0} is the primary; refusing to recover it")]
     IsPrimary(String),
-    #[error("node {0} has no container in this cluster")]
+    #[error("node {0} is busy with another recovery")]
+    Busy(String),
+    #[error("node {0} has no container and no known spec to recreate it from")]
     NoContainer(String),
+    #[error("node {node} holds another cluster's data (system identifier {found}); refusing to overwrite it")]
+    Foreign { node: String, found: String },
     #[error(transparent)]
     Docker(#[from] DockerError),
     #[error("node {node} did not stream from the primary within {seconds} s")]
@@ -32,100 +43,417 @@ pub enum RecoveryError {
     Pgpool(#[from] PgpoolError),
 }
 
-/// The job: empty PGDATA (it may be a mount point, so its contents, not itself), clone the
-/// primary, and leave a standby configuration behind. Values arrive in the environment, never
-/// interpolated into the script.
+/// How a node came back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    Attach,
+    Rewind,
+    Rebuild,
+}
+
+impl Method {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Method::Attach => "attach",
+            Method::Rewind => "rewind",
+            Method::Rebuild => "rebuild",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Recovered {
+    pub node: String,
+    pub method: Method,
+    pub seconds: f64,
+}
+
+/// Prints what the data directory is: `sysid=<id>` or `sysid=empty`, and its shutdown state.
+const IDENTIFY_SCRIPT: &str = r#"
+if [ ! -s "$PGDATA/PG_VERSION" ]; then echo "sysid=empty"; exit 0; fi
+pg_controldata -D "$PGDATA" | sed -n 's/^Database system identifier: *//p' | sed 's/^/sysid=/'
+pg_controldata -D "$PGDATA" | sed -n 's/^Database cluster state: *//p' | sed 's/^/state=/'
+"#;
+
+/// Rewinds PGDATA onto the primary's timeline. PostgreSQL 13+ pg_rewind first runs crash
+/// recovery in single-user mode when the node was killed, so a fenced (SIGKILLed) old primary
+/// can be rewound directly.
+const REWIND_SCRIPT: &str = r#"
+set -euo pipefail
+echo "rewinding $PGDATA from $SOURCE_HOST:$SOURCE_PORT"
+pg_rewind -D "$PGDATA" --source-server="host=$SOURCE_HOST port=$SOURCE_PORT user=$SOURCE_USER dbname=postgres" --progress 2>&1 | tr '\r' '\n' | grep -v '^$' | tail -n 30
+printf '%s\n' "$STANDBY_CONF" >> "$PGDATA/postgresql.auto.conf"
+touch "$PGDATA/standby.signal"
+echo "rewind complete"
+"#;
+
+/// Turns a cleanly stopped data directory into a standby's.
+const STANDBY_SCRIPT: &str = r#"
+set -euo pipefail
+printf '%s\n' "$STANDBY_CONF" >> "$PGDATA/postgresql.auto.conf"
+touch "$PGDATA/standby.signal"
+echo "standby configuration written"
+"#;
+
+/// Empties PGDATA (it may be a mount point, so its contents, not itself), clones the primary and
+/// leaves a standby configuration behind. Values arrive in the environment, never interpolated.
 const REBUILD_SCRIPT: &str = r#"
 set -euo pipefail
 echo "rebuilding $PGDATA from $SOURCE_HOST:$SOURCE_PORT"
 find "$PGDATA" -mindepth 1 -delete
 pg_basebackup -h "$SOURCE_HOST" -p "$SOURCE_PORT" -U "$REPLICATION_USER" -D "$PGDATA" \
-  -X stream -c fast --no-password --progress --verbose 2>&1 | tr '\r' '\n' | tail -n 20
+  -X stream -c fast --no-password --progress --verbose 2>&1 | tr '\r' '\n' | grep -v '^$' | tail -n 20
 test -s "$PGDATA/PG_VERSION"
 printf '%s\n' "$STANDBY_CONF" >> "$PGDATA/postgresql.auto.conf"
 touch "$PGDATA/standby.signal"
 echo "rebuild complete"
 "#;
 
-/// Rebuilds `node` from the current primary and attaches it once it streams.
-pub async fn rebuild(ctx: &Arc<Ctx>, node: usize, reason: &str) -> Result<(), RecoveryError> {
-    let started = Instant::now();
+/// Recovers `node`, counting and timing it. `force_rebuild` skips the cheaper rungs.
+pub async fn recover(
+    ctx: &Arc<Ctx>,
+    node: usize,
+    force_rebuild: bool,
+    reason: &str,
+) -> Result<Recovered, RecoveryError> {
     let name = ctx.node_name(node).to_string();
-    let result = rebuild_inner(ctx, node, reason).await;
-    let label = if result.is_ok() { "success" } else { "failure" };
+    if ctx.primary() == Some(node) {
+        return Err(RecoveryError::IsPrimary(name));
+    }
+    if !ctx.with_state(|s| s.busy.insert(node)) {
+        return Err(RecoveryError::Busy(name));
+    }
+    let started = Instant::now();
+    tracing::warn!(node = %name, reason, force_rebuild, "recovering node");
+    let result = ladder(ctx, node, force_rebuild).await;
+    let seconds = started.elapsed().as_secs_f64();
     let node_label = node.to_string();
+    let (method, label) = match &result {
+        Ok(m) => (m.as_str(), "success"),
+        Err((m, _)) => (m.as_str(), "failure"),
+    };
     ctx.metrics
         .recoveries
-        .with_label_values(&[&node_label, "rebuild", label])
+        .with_label_values(&[&node_label, method, label])
         .inc();
     ctx.metrics
         .recovery_duration
-        .with_label_values(&[&node_label, "rebuild", label])
-        .observe(started.elapsed().as_secs_f64());
-    match &result {
-        Ok(()) => tracing::info!(
-            node = %name,
-            method = "rebuild",
-            seconds = started.elapsed().as_secs_f64(),
-            "node recovered and attached"
-        ),
-        Err(e) => tracing::error!(node = %name, method = "rebuild", error = %e, "recovery failed"),
+        .with_label_values(&[&node_label, method, label])
+        .observe(seconds);
+    ctx.with_state(|s| {
+        s.busy.remove(&node);
+        if result.is_ok() {
+            s.fenced.remove(&node);
+            s.foreign.remove(&node);
+        }
+        s.node_state.insert(
+            node,
+            if result.is_ok() {
+                NodeState::Streaming
+            } else {
+                NodeState::Down
+            },
+        );
+    });
+    ctx.wake.notify_one();
+    match result {
+        Ok(method) => {
+            tracing::info!(node = %name, method = method.as_str(), seconds, "node recovered: streaming and attached");
+            Ok(Recovered {
+                node: name,
+                method,
+                seconds,
+            })
+        }
+        Err((method, e)) => {
+            tracing::error!(node = %name, method = method.as_str(), error = %e, "recovery failed; the node stays detached");
+            Err(e)
+        }
     }
-    result
 }
 
-async fn rebuild_inner(ctx: &Arc<Ctx>, node: usize, reason: &str) -> Result<(), RecoveryError> {
+async fn ladder(
+    ctx: &Arc<Ctx>,
+    node: usize,
+    force_rebuild: bool,
+) -> Result<Method, (Method, RecoveryError)> {
     let name = ctx.node_name(node).to_string();
-    let primary = ctx.primary().ok_or(RecoveryError::NoPrimary)?;
-    if primary == node {
-        return Err(RecoveryError::IsPrimary(name));
-    }
-    let container = ctx
-        .docker
-        .find(&name)
-        .await?
-        .ok_or_else(|| RecoveryError::NoContainer(name.clone()))?;
-    tracing::warn!(node = %name, reason, "rebuilding node from the primary (its data is discarded)");
+    let primary = ctx
+        .primary()
+        .ok_or((Method::Attach, RecoveryError::NoPrimary))?;
+    let container = ensure_container(ctx, node)
+        .await
+        .map_err(|e| (Method::Rebuild, e))?;
+    let fenced = ctx.with_state(|s| s.fenced.contains(&node));
     ctx.with_state(|s| s.node_state.insert(node, NodeState::Rebuilding));
+    // While it still answers: a node of another cluster may be wiped only if it holds no user
+    // database (a fresh initdb); once stopped, only its system identifier can be read.
+    let fresh_online = if container.status.is_up() {
+        let cluster_id = ctx.with_state(|s| s.view.system_identifier);
+        let probe = ctx.sessions[node]
+            .lock()
+            .await
+            .probe(ctx.probe_timeout())
+            .await;
+        probe.is_ok_and(|pg| {
+            Some(pg.system_identifier) != cluster_id && pg.user_databases.is_empty()
+        })
+    } else {
+        false
+    };
 
-    // Out of pgpool first, so no client is routed to a node about to vanish.
-    if let Err(e) = ctx.pgpool.detach(node, Duration::from_secs(5)).await {
-        tracing::debug!(node = %name, error = %e, "detach before rebuild (already detached?)");
+    // A stopped node is looked at offline first: an empty data directory (a recreated container
+    // whose volume was lost) goes straight to a rebuild instead of starting into an initdb.
+    let empty = !container.status.is_up()
+        && identify(ctx, &container)
+            .await
+            .is_ok_and(|id| id == "empty");
+    if !force_rebuild && !fenced && !empty {
+        // Rung 1: it may just be a standby that was away — start it, re-point it, attach it.
+        match rejoin_as_is(ctx, node, &container).await {
+            Ok(()) => return Ok(Method::Attach),
+            Err(e) => {
+                tracing::warn!(node = %name, error = %e, "re-attach failed; trying pg_rewind")
+            }
+        }
     }
-    ctx.docker.stop(&container, Duration::from_secs(30)).await?;
+    // From here on the node's data is rewritten: it must be out of pgpool and stopped.
+    if let Err(e) = ctx.pgpool.detach(node, Duration::from_secs(5)).await {
+        tracing::debug!(node = %name, error = %e, "detach before recovery (already detached?)");
+    }
+    ctx.docker
+        .stop(&container, Duration::from_secs(30))
+        .await
+        .map_err(|e| (Method::Rewind, e.into()))?;
+    let identity = identify(ctx, &container)
+        .await
+        .map_err(|e| (Method::Rewind, e))?;
+    let cluster_id = ctx.with_state(|s| s.view.system_identifier);
+    let member = cluster_id.is_some_and(|id| identity == id.to_string());
+    if identity != "empty" && !member && !fresh_online {
+        return Err((
+            Method::Rebuild,
+            RecoveryError::Foreign {
+                node: name,
+                found: identity,
+            },
+        ));
+    }
+    if !force_rebuild && member && !empty {
+        // Rung 2: rewind onto the primary's timeline (old primaries, diverged standbys).
+        match rewind(ctx, node, primary, &container).await {
+            Ok(()) => return Ok(Method::Rewind),
+            Err(e) => tracing::warn!(node = %name, error = %e, "pg_rewind failed; rebuilding"),
+        }
+        let _ = ctx.docker.stop(&container, Duration::from_secs(10)).await;
+    }
+    // Rung 3: a fresh copy of the primary.
+    rebuild(ctx, node, primary, &container)
+        .await
+        .map_err(|e| (Method::Rebuild, e))?;
+    Ok(Method::Rebuild)
+}
 
+/// The node's container, recreated from its last known spec if it was removed.
+async fn ensure_container(ctx: &Ctx, node: usize) -> Result<ContainerInfo, RecoveryError> {
+    let name = ctx.node_name(node).to_string();
+    if let Some(c) = ctx.docker.find(&name).await? {
+        return Ok(c);
+    }
+    let spec = ctx
+        .with_state(|s| s.last_spec.get(&node).cloned())
+        .ok_or_else(|| RecoveryError::NoContainer(name.clone()))?;
+    tracing::warn!(node = %name, "container is gone; recreating it from its last known spec");
+    Ok(ctx.docker.recreate(&spec).await?)
+}
+
+/// Rung 1: start (if stopped), re-point at the primary (if elsewhere), wait until it streams,
+/// attach. Only for a node that comes back as a standby of this cluster.
+async fn rejoin_as_is(
+    ctx: &Arc<Ctx>,
+    node: usize,
+    container: &ContainerInfo,
+) -> Result<(), RecoveryError> {
+    let name = ctx.node_name(node).to_string();
+    if !container.status.is_up() {
+        ctx.docker.start(container).await?;
+    }
+    let cluster_id = ctx.with_state(|s| s.view.system_identifier);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let pg = loop {
+        let probe = ctx.sessions[node]
+            .lock()
+            .await
+            .probe(ctx.probe_timeout())
+            .await;
+        if let Ok(pg) = probe {
+            break pg;
+        }
+        if Instant::now() > deadline {
+            return Err(RecoveryError::NotStreaming {
+                node: name,
+                seconds: 60,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    if !pg.in_recovery || Some(pg.system_identifier) != cluster_id {
+        return Err(RecoveryError::NotStreaming {
+            node: name,
+            seconds: 0,
+        });
+    }
+    let primary = ctx.primary().ok_or(RecoveryError::NoPrimary)?;
+    if pg.upstream_host.as_deref() != Some(ctx.node_name(primary)) {
+        crate::failover::repoint(ctx, node, primary).await;
+    }
+    wait_streaming(ctx, node, Duration::from_secs(20)).await?;
+    ctx.pgpool.attach(node, Duration::from_secs(30)).await?;
+    Ok(())
+}
+
+/// `sysid` of the node's data directory, read offline in a job container.
+async fn identify(ctx: &Ctx, container: &ContainerInfo) -> Result<String, RecoveryError> {
+    let out = ctx
+        .docker
+        .run_job(
+            container,
+            "identify",
+            IDENTIFY_SCRIPT,
+            vec![],
+            Duration::from_secs(60),
+        )
+        .await?;
+    Ok(out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("sysid="))
+        .unwrap_or("unknown")
+        .to_string())
+}
+
+fn standby_conf(ctx: &Ctx, node: usize, primary: usize) -> String {
     let p = &ctx.cfg.nodes[primary];
     let conninfo = primary_conninfo(
         &p.host,
         p.port,
         &ctx.cfg.replication_user,
         &ctx.cfg.replication_password,
-        &name,
+        ctx.node_name(node),
     );
+    format!("primary_conninfo = {}", sql_literal(&conninfo))
+}
+
+fn log_job(node: &str, job: &str, out: &str) {
+    for line in out.lines().filter(|l| !l.trim().is_empty()) {
+        tracing::info!(node, job, "{line}");
+    }
+}
+
+/// Where pg_rewind found the timelines forked: everything the node wrote after it is gone.
+pub fn divergence_point(rewind_output: &str) -> Option<String> {
+    let rest = rewind_output
+        .split("servers diverged at WAL location ")
+        .nth(1)?;
+    Some(rest.split_whitespace().next()?.to_string())
+}
+
+async fn rewind(
+    ctx: &Arc<Ctx>,
+    node: usize,
+    primary: usize,
+    container: &ContainerInfo,
+) -> Result<(), RecoveryError> {
+    let name = ctx.node_name(node).to_string();
+    let p = &ctx.cfg.nodes[primary];
+    let env = vec![
+        format!("SOURCE_HOST={}", p.host),
+        format!("SOURCE_PORT={}", p.port),
+        format!("SOURCE_USER={}", ctx.cfg.superuser),
+        format!("PGPASSWORD={}", ctx.cfg.superuser_password.expose()),
+        format!("STANDBY_CONF={}", standby_conf(ctx, node, primary)),
+    ];
+    let out = ctx
+        .docker
+        .run_job(container, "rewind", REWIND_SCRIPT, env, ctx.cfg.job_timeout)
+        .await?;
+    log_job(&name, "rewind", &out);
+    match divergence_point(&out) {
+        Some(lsn) => tracing::warn!(
+            node = %name,
+            from_lsn = %lsn,
+            "un-replicated tail discarded: WAL written on this node after {lsn} is gone"
+        ),
+        None => tracing::info!(node = %name, "rewind found nothing to discard"),
+    }
+    ctx.docker.start(container).await?;
+    wait_streaming(ctx, node, Duration::from_secs(60)).await?;
+    ctx.pgpool.attach(node, Duration::from_secs(30)).await?;
+    Ok(())
+}
+
+async fn rebuild(
+    ctx: &Arc<Ctx>,
+    node: usize,
+    primary: usize,
+    container: &ContainerInfo,
+) -> Result<(), RecoveryError> {
+    let name = ctx.node_name(node).to_string();
+    tracing::warn!(node = %name, "rebuilding node from the primary (its data is discarded)");
+    let p = &ctx.cfg.nodes[primary];
     let env = vec![
         format!("SOURCE_HOST={}", p.host),
         format!("SOURCE_PORT={}", p.port),
         format!("REPLICATION_USER={}", ctx.cfg.replication_user),
         format!("PGPASSWORD={}", ctx.cfg.replication_password.expose()),
-        format!("STANDBY_CONF=primary_conninfo = {}", sql_literal(&conninfo)),
+        format!("STANDBY_CONF={}", standby_conf(ctx, node, primary)),
     ];
-    let log = ctx
+    let out = ctx
         .docker
         .run_job(
-            &container,
+            container,
             "rebuild",
             REBUILD_SCRIPT,
             env,
             ctx.cfg.job_timeout,
         )
         .await?;
-    for line in log.lines().filter(|l| !l.trim().is_empty()) {
-        tracing::info!(node = %name, job = "rebuild", "{line}");
-    }
-    ctx.docker.start(&container).await?;
+    log_job(&name, "rebuild", &out);
+    ctx.docker.start(container).await?;
     wait_streaming(ctx, node, Duration::from_secs(120)).await?;
     ctx.pgpool.attach(node, Duration::from_secs(30)).await?;
-    ctx.with_state(|s| s.node_state.insert(node, NodeState::Streaming));
+    Ok(())
+}
+
+/// After a switchover: the old primary stopped cleanly at a WAL position the new primary has, so
+/// it becomes a standby as it is — configuration, start, stream, attach. No data is discarded.
+pub async fn demote_cleanly_stopped(
+    ctx: &Arc<Ctx>,
+    node: usize,
+    primary: usize,
+    container: &ContainerInfo,
+) -> Result<(), RecoveryError> {
+    let name = ctx.node_name(node).to_string();
+    let env = vec![format!("STANDBY_CONF={}", standby_conf(ctx, node, primary))];
+    let out = ctx
+        .docker
+        .run_job(
+            container,
+            "standby",
+            STANDBY_SCRIPT,
+            env,
+            Duration::from_secs(60),
+        )
+        .await?;
+    log_job(&name, "standby", &out);
+    ctx.docker.start(container).await?;
+    wait_streaming(ctx, node, Duration::from_secs(30)).await?;
+    ctx.pgpool.attach(node, Duration::from_secs(30)).await?;
+    let node_label = node.to_string();
+    ctx.metrics
+        .recoveries
+        .with_label_values(&[&node_label, "attach", "success"])
+        .inc();
     Ok(())
 }
 
@@ -152,4 +480,19 @@ pub async fn wait_streaming(ctx: &Ctx, node: usize, limit: Duration) -> Result<(
         node: name,
         seconds: limit.as_secs(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_divergence_point_in_pg_rewind_output() {
+        let out = "rewinding /var/lib/postgresql/data from pg-1:5432\n\
+                   pg_rewind: servers diverged at WAL location 0/3000108 on timeline 1\n\
+                   pg_rewind: rewinding from last common checkpoint at 0/2000060 on timeline 1\n\
+                   pg_rewind: Done!";
+        assert_eq!(divergence_point(out).as_deref(), Some("0/3000108"));
+        assert_eq!(divergence_point("pg_rewind: no rewind required"), None);
+    }
 }

@@ -61,6 +61,11 @@ pub struct State {
     pub last_failover: Option<FailoverRecord>,
     pub last_refusal: Option<String>,
     pub node_state: BTreeMap<usize, NodeState>,
+    /// Bumped on every change of primary; an observation that started under an older one is
+    /// stale and is thrown away rather than acted on.
+    pub generation: u64,
+    /// Last inspect of each node's container: what to recreate it from after `docker rm`.
+    pub last_spec: BTreeMap<usize, bollard::models::ContainerInspectResponse>,
 }
 
 /// Everything a task needs; cloned as `Arc<Ctx>`.
@@ -152,6 +157,18 @@ impl Ctx {
             .map(|n| self.node_name(n).to_string())
             .collect();
         crate::postgres::synchronous_standby_names(self.cfg.synchronous_standbys, &names)
+    }
+
+    /// The settings the decision rules depend on.
+    pub fn policy(&self) -> crate::cluster::Policy {
+        crate::cluster::Policy {
+            probe_failures: self.cfg.probe_failures,
+            auto_rejoin: self.cfg.auto_rejoin,
+            max_lag_on_failover: self.cfg.max_lag_on_failover,
+            priorities: self.cfg.priorities.clone(),
+            preferred_primary: self.cfg.preferred_primary,
+            auto_failback: self.cfg.auto_failback,
+        }
     }
 
     pub fn probe_timeout(&self) -> Duration {

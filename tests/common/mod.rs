@@ -12,7 +12,8 @@ use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 pub const PASSWORD: &str = "sUper-s3cret-pw";
 pub const REPLICATION_PASSWORD: &str = "rEpl-s3cret-pw";
 pub const PCP_PASSWORD: &str = "pCp-s3cret-pw";
-pub const SECRETS: [&str; 3] = [PASSWORD, REPLICATION_PASSWORD, PCP_PASSWORD];
+pub const API_TOKEN: &str = "tOken-s3cret-0123456789";
+pub const SECRETS: [&str; 4] = [PASSWORD, REPLICATION_PASSWORD, PCP_PASSWORD, API_TOKEN];
 
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -81,6 +82,7 @@ impl Cluster {
                 ("POSTGRES_PASSWORD".into(), PASSWORD.into()),
                 ("REPLICATION_PASSWORD".into(), REPLICATION_PASSWORD.into()),
                 ("PCP_PASSWORD".into(), PCP_PASSWORD.into()),
+                ("SIDECAR_API_TOKEN".into(), API_TOKEN.into()),
             ],
             profiles: vec![],
         }
@@ -236,6 +238,22 @@ impl Cluster {
             .await
             .expect("sidecar HTTP answers");
         (r.status().as_u16(), r.text().await.unwrap_or_default())
+    }
+
+    /// POST to the sidecar's API with `token` (None: no Authorization header).
+    pub async fn post(&self, path: &str, token: Option<&str>) -> (u16, serde_json::Value) {
+        let client = reqwest::Client::new();
+        let mut req = client.post(format!("http://127.0.0.1:{}{path}", self.http_port));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let r = req.send().await.expect("sidecar HTTP answers");
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap_or_default();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+        )
     }
 
     pub async fn status(&self) -> serde_json::Value {

@@ -1,0 +1,256 @@
+//! Planned switchover (and failback, which is a switchover back to the preferred node).
+//!
+//! Reads: the cluster view, the old primary's final checkpoint (offline, `pg_controldata`), the
+//! target's received WAL position. Changes: stops the old primary cleanly, promotes the target
+//! once it has received every byte the old primary wrote, re-points the other standbys, turns the
+//! old primary into a standby of the target and re-attaches everything. On demand (CLI, HTTP) or
+//! from the reconcile loop (automatic failback). Holds the failover lock while the primary
+//! changes, so pgpool's hook and the sidecar's own detection wait instead of racing it.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::docker::DockerError;
+use crate::postgres::{parse_lsn, PgError};
+use crate::state::{Ctx, NodeState};
+use crate::{failover, recovery};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SwitchoverError {
+    #[error("no primary is known")]
+    NoPrimary,
+    #[error("{0} is already the primary")]
+    AlreadyPrimary(String),
+    #[error("target {node} is not a healthy standby: {why}")]
+    TargetUnhealthy { node: String, why: String },
+    #[error("no standby streams from the primary")]
+    NoStandby,
+    #[error("cannot read the old primary's final WAL position: {0}")]
+    FinalLsn(String),
+    #[error("target {node} did not receive the old primary's last WAL ({lsn}) within {seconds} s")]
+    NotCaughtUp {
+        node: String,
+        lsn: String,
+        seconds: u64,
+    },
+    #[error(transparent)]
+    Docker(#[from] DockerError),
+    #[error(transparent)]
+    Postgres(#[from] PgError),
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SwitchoverReport {
+    pub old_primary: String,
+    pub new_primary: String,
+    /// From the old primary's stop to the target accepting writes.
+    pub write_unavailable_seconds: f64,
+    pub seconds: f64,
+    pub old_primary_rejoined_by: Option<String>,
+}
+
+const FINAL_LSN_SCRIPT: &str = r#"
+pg_controldata -D "$PGDATA" | sed -n 's/^Latest checkpoint location: *//p' | sed 's/^/lsn=/'
+pg_controldata -D "$PGDATA" | sed -n 's/^Database cluster state: *//p' | sed 's/^/state=/'
+"#;
+
+/// Which standby may take over: the named one if it is healthy, else the best streaming one.
+fn pick_target(ctx: &Ctx, old: usize, to: Option<usize>) -> Result<usize, SwitchoverError> {
+    let view = ctx.with_state(|s| s.view.clone());
+    let healthy = |n: usize| -> Result<(), String> {
+        let v = view.nodes.get(n).ok_or("unknown node")?;
+        if v.busy {
+            return Err("a recovery is running on it".into());
+        }
+        if v.fenced {
+            return Err("it is fenced".into());
+        }
+        match &v.pg {
+            None => Err("it does not answer".into()),
+            Some(pg) if !pg.in_recovery => Err("it is not in recovery".into()),
+            Some(_) if !v.streaming_from_primary => {
+                Err("it does not stream from the primary".into())
+            }
+            Some(_) => Ok(()),
+        }
+    };
+    match to {
+        Some(t) if t == old => Err(SwitchoverError::AlreadyPrimary(
+            ctx.node_name(t).to_string(),
+        )),
+        Some(t) => healthy(t)
+            .map(|()| t)
+            .map_err(|why| SwitchoverError::TargetUnhealthy {
+                node: ctx.node_name(t).to_string(),
+                why,
+            }),
+        None => view
+            .nodes
+            .iter()
+            .filter(|n| n.id != old && healthy(n.id).is_ok())
+            .max_by_key(|n| (n.pg.as_ref().map(|p| p.lsn), std::cmp::Reverse(n.id)))
+            .map(|n| n.id)
+            .ok_or(SwitchoverError::NoStandby),
+    }
+}
+
+pub async fn switchover(
+    ctx: &Arc<Ctx>,
+    to: Option<usize>,
+) -> Result<SwitchoverReport, SwitchoverError> {
+    let started = Instant::now();
+    let result = run(ctx, to, started).await;
+    let label = if result.is_ok() { "success" } else { "failure" };
+    ctx.metrics.switchovers.with_label_values(&[label]).inc();
+    ctx.metrics
+        .switchover_duration
+        .with_label_values(&[label])
+        .observe(started.elapsed().as_secs_f64());
+    match &result {
+        Ok(r) => tracing::warn!(
+            old = %r.old_primary,
+            new = %r.new_primary,
+            write_unavailable_seconds = r.write_unavailable_seconds,
+            seconds = r.seconds,
+            "switchover complete"
+        ),
+        Err(e) => tracing::error!(error = %e, "switchover refused or failed"),
+    }
+    result
+}
+
+async fn run(
+    ctx: &Arc<Ctx>,
+    to: Option<usize>,
+    started: Instant,
+) -> Result<SwitchoverReport, SwitchoverError> {
+    let guard = ctx.failover_lock.lock().await;
+    let old = ctx.primary().ok_or(SwitchoverError::NoPrimary)?;
+    let target = pick_target(ctx, old, to)?;
+    let (old_name, target_name) = (
+        ctx.node_name(old).to_string(),
+        ctx.node_name(target).to_string(),
+    );
+    tracing::warn!(old = %old_name, target = %target_name, "switchover: stopping the primary cleanly");
+    let container = ctx
+        .docker
+        .find(&old_name)
+        .await?
+        .ok_or_else(|| DockerError::NoContainer(old_name.clone()))?;
+    // The old primary is ours until it is a standby again: no event or pass may act on it.
+    ctx.with_state(|s| s.busy.insert(old));
+
+    // 1. Clean stop: on a fast shutdown the walsenders send everything up to the shutdown
+    //    checkpoint before the server exits.
+    let stopped_at = Instant::now();
+    if let Err(e) = ctx.docker.stop(&container, Duration::from_secs(60)).await {
+        ctx.with_state(|s| s.busy.remove(&old));
+        return Err(e.into());
+    }
+
+    // 2. The old primary's last WAL position, read from its data directory.
+    let out = ctx
+        .docker
+        .run_job(
+            &container,
+            "final-lsn",
+            FINAL_LSN_SCRIPT,
+            vec![],
+            Duration::from_secs(60),
+        )
+        .await;
+    let final_lsn = match out
+        .as_ref()
+        .ok()
+        .and_then(|o| o.lines().find_map(|l| l.trim().strip_prefix("lsn=")))
+        .and_then(parse_lsn)
+    {
+        Some(l) => l,
+        None => {
+            // Nothing was promoted: put the old primary back as it was.
+            let _ = ctx.docker.start(&container).await;
+            ctx.with_state(|s| s.busy.remove(&old));
+            return Err(SwitchoverError::FinalLsn(format!("{out:?}")));
+        }
+    };
+
+    // 3. The target must have received past the shutdown checkpoint: then no commit is lost.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let probe = ctx.sessions[target]
+            .lock()
+            .await
+            .probe(ctx.probe_timeout())
+            .await;
+        if probe.is_ok_and(|p| p.receive_lsn.unwrap_or(0) > final_lsn) {
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = ctx.docker.start(&container).await;
+            ctx.with_state(|s| s.busy.remove(&old));
+            return Err(SwitchoverError::NotCaughtUp {
+                node: target_name,
+                lsn: crate::postgres::format_lsn(final_lsn),
+                seconds: 30,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // 4. Promote; the target is the primary from here on.
+    ctx.sessions[target]
+        .lock()
+        .await
+        .promote(Duration::from_secs(30))
+        .await?;
+    let write_unavailable_seconds = stopped_at.elapsed().as_secs_f64();
+    ctx.with_state(|s| {
+        s.view.primary = Some(target);
+        s.generation += 1;
+        s.last_primary_lsn = None;
+        s.node_state.insert(target, NodeState::Primary);
+    });
+    if ctx.cfg.synchronous_standbys > 0 {
+        let value = ctx.synchronous_value(target);
+        let _ = ctx.sessions[target]
+            .lock()
+            .await
+            .set_synchronous_standbys(&value, ctx.probe_timeout())
+            .await;
+    }
+    let others: Vec<usize> = (0..ctx.cfg.nodes.len())
+        .filter(|&n| n != old && n != target)
+        .collect();
+    futures_util::future::join_all(others.iter().map(|&n| failover::repoint(ctx, n, target))).await;
+    drop(guard);
+
+    // 5. pgpool learns the new primary: its own failover on the old node finds the target.
+    if let Err(e) = ctx.pgpool.detach(old, Duration::from_secs(10)).await {
+        tracing::debug!(error = %e, "old primary already detached in pgpool");
+    }
+
+    // 6. The old primary comes back as a standby: it stopped cleanly at a point the target
+    //    has, so it follows the new timeline without a rewind; the ladder covers the rest.
+    let rejoined = recovery::demote_cleanly_stopped(ctx, old, target, &container).await;
+    ctx.with_state(|s| s.busy.remove(&old));
+    let rejoined_by = match rejoined {
+        Ok(()) => Some("attach".to_string()),
+        Err(e) => {
+            tracing::warn!(node = %old_name, error = %e, "old primary did not follow as is; recovery ladder");
+            recovery::recover(ctx, old, false, "after switchover")
+                .await
+                .ok()
+                .map(|r| r.method.as_str().to_string())
+        }
+    };
+    ctx.wake.notify_one();
+    Ok(SwitchoverReport {
+        old_primary: old_name,
+        new_primary: target_name,
+        write_unavailable_seconds,
+        seconds: started.elapsed().as_secs_f64(),
+        old_primary_rejoined_by: rejoined_by,
+    })
+}
