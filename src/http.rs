@@ -71,12 +71,12 @@ fn error(status: StatusCode, message: impl std::fmt::Display) -> Resp {
 }
 
 /// The bearer token check; `Err` is the response to send.
-fn authorize(ctx: &Ctx, req: &Request<Incoming>) -> Result<(), Resp> {
+fn authorize(ctx: &Ctx, req: &Request<Incoming>) -> Result<(), Box<Resp>> {
     let Some(token) = &ctx.cfg.api_token else {
-        return Err(error(
+        return Err(Box::new(error(
             StatusCode::FORBIDDEN,
             "mutating endpoints are disabled: set PGPOOL_SIDECAR_API_TOKEN to enable them",
-        ));
+        )));
     };
     let given = req
         .headers()
@@ -85,11 +85,14 @@ fn authorize(ctx: &Ctx, req: &Request<Incoming>) -> Result<(), Resp> {
         .and_then(|v| v.strip_prefix("Bearer "));
     match given {
         Some(g) if token.matches(g) => Ok(()),
-        Some(_) => Err(error(StatusCode::UNAUTHORIZED, "wrong bearer token")),
-        None => Err(error(
+        Some(_) => Err(Box::new(error(
+            StatusCode::UNAUTHORIZED,
+            "wrong bearer token",
+        ))),
+        None => Err(Box::new(error(
             StatusCode::UNAUTHORIZED,
             "missing `Authorization: Bearer <token>` header",
-        )),
+        ))),
     }
 }
 
@@ -110,7 +113,7 @@ fn query_param<'a>(req: &'a Request<Incoming>, key: &str) -> Option<&'a str> {
 
 async fn recover(ctx: &Arc<Ctx>, req: Request<Incoming>, key: &str) -> Resp {
     if let Err(r) = authorize(ctx, &req) {
-        return r;
+        return *r;
     }
     let Some(node) = node_by_name(ctx, key) else {
         return error(StatusCode::NOT_FOUND, format!("unknown node {key:?}"));
@@ -127,7 +130,7 @@ async fn recover(ctx: &Arc<Ctx>, req: Request<Incoming>, key: &str) -> Resp {
 
 async fn switchover(ctx: &Arc<Ctx>, req: Request<Incoming>) -> Resp {
     if let Err(r) = authorize(ctx, &req) {
-        return r;
+        return *r;
     }
     let to = match query_param(&req, "to") {
         None => None,

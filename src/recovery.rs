@@ -82,7 +82,10 @@ pg_controldata -D "$PGDATA" | sed -n 's/^Database cluster state: *//p' | sed 's/
 const REWIND_SCRIPT: &str = r#"
 set -euo pipefail
 echo "rewinding $PGDATA from $SOURCE_HOST:$SOURCE_PORT"
-pg_rewind -D "$PGDATA" --source-server="host=$SOURCE_HOST port=$SOURCE_PORT user=$SOURCE_USER dbname=postgres" --progress 2>&1 | tr '\r' '\n' | grep -v '^$' | tail -n 30
+# The node's container is stopped (checked before this job runs), so a postmaster.pid left by
+# the SIGKILL is stale; pg_rewind's single-user crash recovery would otherwise refuse to start.
+rm -f "$PGDATA/postmaster.pid"
+pg_rewind -D "$PGDATA" --source-server="host=$SOURCE_HOST port=$SOURCE_PORT user=$SOURCE_USER dbname=postgres" 2>&1
 printf '%s\n' "$STANDBY_CONF" >> "$PGDATA/postgresql.auto.conf"
 touch "$PGDATA/standby.signal"
 echo "rewind complete"
