@@ -41,6 +41,8 @@ pub enum RecoveryError {
     NotStreaming { node: String, seconds: u64 },
     #[error(transparent)]
     Pgpool(#[from] PgpoolError),
+    #[error("cannot checkpoint the primary before pg_rewind: {0}")]
+    Checkpoint(String),
 }
 
 /// How a node came back.
@@ -368,6 +370,15 @@ async fn rewind(
     container: &ContainerInfo,
 ) -> Result<(), RecoveryError> {
     let name = ctx.node_name(node).to_string();
+    // pg_rewind reads the source's timeline from its control file, which a fresh promotion
+    // updates only at its next checkpoint: without one it sees "same timeline, no rewind
+    // required" and the old primary's tail survives.
+    ctx.sessions[primary]
+        .lock()
+        .await
+        .query("CHECKPOINT", Duration::from_secs(60))
+        .await
+        .map_err(|e| RecoveryError::Checkpoint(e.to_string()))?;
     let p = &ctx.cfg.nodes[primary];
     let env = vec![
         format!("SOURCE_HOST={}", p.host),

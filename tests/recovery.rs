@@ -369,11 +369,13 @@ async fn failback_restores_the_preferred_primary() {
     })
     .await;
     c.write_until_ok(2, Duration::from_secs(30)).await;
-    let m = metrics(&c).await;
-    assert_eq!(
-        metric(&m, "pgpool_sidecar_switchovers_total{result=\"success\"}"),
-        Some(1.0)
-    );
+    // The switchover is counted once the old primary is back too.
+    wait_for("switchover counted", Duration::from_secs(60), || async {
+        let m = metrics(&c).await;
+        (metric(&m, "pgpool_sidecar_switchovers_total{result=\"success\"}") == Some(1.0))
+            .then_some(())
+    })
+    .await;
     for s in ["pg-1", "pg-2"] {
         wait_rejoined(&c, "pg-0", s, 2, Duration::from_secs(60)).await;
     }
