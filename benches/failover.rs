@@ -137,6 +137,7 @@ async fn round(setup: Setup, fault: Fault, n: usize) -> Round {
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     let primary = c.container("pg-0");
+    let fault_started = Instant::now();
     match fault {
         Fault::Kill => c.docker(&["kill", &primary]),
         Fault::Pause => c.docker(&["pause", &primary]),
@@ -156,7 +157,9 @@ async fn round(setup: Setup, fault: Fault, n: usize) -> Round {
     let mut unavailable = None;
     while Instant::now() < deadline {
         if let Some((_, t)) = acks.lock().unwrap().iter().find(|(s, _)| *s > fault_at) {
-            unavailable = Some((*t - fault_at).as_secs_f64());
+            // Measured from the moment the fault command started: conservative, it includes
+            // the Docker CLI's own latency.
+            unavailable = Some((*t - fault_started).as_secs_f64());
         }
         if unavailable.is_some() {
             break;
@@ -180,7 +183,7 @@ async fn round(setup: Setup, fault: Fault, n: usize) -> Round {
             }
         }
         if primary_found && streaming >= 1 {
-            standbys_follow = Some(fault_at.elapsed().as_secs_f64());
+            standbys_follow = Some(fault_started.elapsed().as_secs_f64());
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

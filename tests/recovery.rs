@@ -228,8 +228,13 @@ async fn job_killed_mid_rebuild_leaves_node_detached_and_next_attempt_succeeds()
     assert!(killer.await.unwrap(), "the rebuild job was never seen");
     assert_eq!(status, 500, "a killed job must fail the recovery: {body}");
     // Not attached, not running half-built.
-    let pool = c.pgpool().await.unwrap();
-    assert_eq!(pool_nodes(&pool).await[2].1, "down");
+    let nodes = wait_for("pgpool node table", Duration::from_secs(10), || async {
+        let pool = c.pgpool().await?;
+        let n = pool_nodes(&pool).await;
+        (n.len() == 3).then_some(n)
+    })
+    .await;
+    assert_eq!(nodes[2].1, "down", "{nodes:?}");
     assert_eq!(c.inspect("pg-2", "{{.State.Running}}"), "false");
     let (status, body) = c
         .post("/nodes/pg-2/recover?rebuild=true", Some(API_TOKEN))

@@ -291,12 +291,12 @@ pub async fn query(
         .collect())
 }
 
-/// SHOW POOL_NODES through pgpool as (node_id, status, role) rows.
+/// SHOW POOL_NODES through pgpool as (node_id, status, role) rows; empty when pgpool dropped
+/// the session (it restarts its children around a failover), so callers poll.
 pub async fn pool_nodes(c: &Client) -> Vec<(String, String, String)> {
-    let msgs = c
-        .simple_query("SHOW POOL_NODES")
-        .await
-        .expect("SHOW POOL_NODES");
+    let Ok(msgs) = c.simple_query("SHOW POOL_NODES").await else {
+        return vec![];
+    };
     msgs.into_iter()
         .filter_map(|m| match m {
             SimpleQueryMessage::Row(r) => Some((
