@@ -14,7 +14,7 @@ use futures_util::future::join_all;
 
 use crate::cluster::{choose_candidate, NoCandidate};
 use crate::docker::DockerError;
-use crate::postgres::{primary_conninfo, PgError};
+use crate::postgres::PgError;
 use crate::state::{Ctx, FailoverRecord, NodeState};
 
 #[derive(Debug, thiserror::Error)]
@@ -259,13 +259,7 @@ async fn run(ctx: &Arc<Ctx>, old: usize) -> Result<usize, FailoverError> {
 /// Points standby `node` at `primary`. Idempotent: the same conninfo again is a no-op reload.
 pub async fn repoint(ctx: &Ctx, node: usize, primary: usize) {
     let p = &ctx.cfg.nodes[primary];
-    let conninfo = primary_conninfo(
-        &p.host,
-        p.port,
-        &ctx.cfg.replication_user,
-        &ctx.cfg.replication_password,
-        ctx.node_name(node),
-    );
+    let conninfo = ctx.conninfo_for(node, primary);
     let result = ctx.sessions[node]
         .lock()
         .await

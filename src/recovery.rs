@@ -20,7 +20,7 @@ use serde::Serialize;
 
 use crate::docker::{ContainerInfo, DockerError};
 use crate::pgpool::control::PgpoolError;
-use crate::postgres::{primary_conninfo, sql_literal};
+use crate::postgres::sql_literal;
 use crate::state::{Ctx, NodeState};
 
 #[derive(Debug, thiserror::Error)]
@@ -338,15 +338,31 @@ async fn identify(ctx: &Ctx, container: &ContainerInfo) -> Result<String, Recove
 }
 
 fn standby_conf(ctx: &Ctx, node: usize, primary: usize) -> String {
-    let p = &ctx.cfg.nodes[primary];
-    let conninfo = primary_conninfo(
-        &p.host,
-        p.port,
-        &ctx.cfg.replication_user,
-        &ctx.cfg.replication_password,
-        ctx.node_name(node),
-    );
-    format!("primary_conninfo = {}", sql_literal(&conninfo))
+    format!(
+        "primary_conninfo = {}",
+        sql_literal(&ctx.conninfo_for(node, primary))
+    )
+}
+
+/// Runs a job that leaves a standby's data directory behind, then: start, stream, attach.
+async fn standby_job(
+    ctx: &Arc<Ctx>,
+    node: usize,
+    container: &ContainerInfo,
+    job: &str,
+    script: &str,
+    env: Vec<String>,
+    stream_limit: Duration,
+) -> Result<String, RecoveryError> {
+    let out = ctx
+        .docker
+        .run_job(container, job, script, env, ctx.cfg.job_timeout)
+        .await?;
+    log_job(ctx.node_name(node), job, &out);
+    ctx.docker.start(container).await?;
+    wait_streaming(ctx, node, stream_limit).await?;
+    ctx.pgpool.attach(node, Duration::from_secs(30)).await?;
+    Ok(out)
 }
 
 fn log_job(node: &str, job: &str, out: &str) {
@@ -387,11 +403,16 @@ async fn rewind(
         format!("PGPASSWORD={}", ctx.cfg.superuser_password.expose()),
         format!("STANDBY_CONF={}", standby_conf(ctx, node, primary)),
     ];
-    let out = ctx
-        .docker
-        .run_job(container, "rewind", REWIND_SCRIPT, env, ctx.cfg.job_timeout)
-        .await?;
-    log_job(&name, "rewind", &out);
+    let out = standby_job(
+        ctx,
+        node,
+        container,
+        "rewind",
+        REWIND_SCRIPT,
+        env,
+        Duration::from_secs(60),
+    )
+    .await?;
     match divergence_point(&out) {
         Some(lsn) => tracing::warn!(
             node = %name,
@@ -400,9 +421,6 @@ async fn rewind(
         ),
         None => tracing::info!(node = %name, "rewind found nothing to discard"),
     }
-    ctx.docker.start(container).await?;
-    wait_streaming(ctx, node, Duration::from_secs(60)).await?;
-    ctx.pgpool.attach(node, Duration::from_secs(30)).await?;
     Ok(())
 }
 
@@ -422,20 +440,16 @@ async fn rebuild(
         format!("PGPASSWORD={}", ctx.cfg.replication_password.expose()),
         format!("STANDBY_CONF={}", standby_conf(ctx, node, primary)),
     ];
-    let out = ctx
-        .docker
-        .run_job(
-            container,
-            "rebuild",
-            REBUILD_SCRIPT,
-            env,
-            ctx.cfg.job_timeout,
-        )
-        .await?;
-    log_job(&name, "rebuild", &out);
-    ctx.docker.start(container).await?;
-    wait_streaming(ctx, node, Duration::from_secs(120)).await?;
-    ctx.pgpool.attach(node, Duration::from_secs(30)).await?;
+    standby_job(
+        ctx,
+        node,
+        container,
+        "rebuild",
+        REBUILD_SCRIPT,
+        env,
+        Duration::from_secs(120),
+    )
+    .await?;
     Ok(())
 }
 
@@ -447,22 +461,17 @@ pub async fn demote_cleanly_stopped(
     primary: usize,
     container: &ContainerInfo,
 ) -> Result<(), RecoveryError> {
-    let name = ctx.node_name(node).to_string();
     let env = vec![format!("STANDBY_CONF={}", standby_conf(ctx, node, primary))];
-    let out = ctx
-        .docker
-        .run_job(
-            container,
-            "standby",
-            STANDBY_SCRIPT,
-            env,
-            Duration::from_secs(60),
-        )
-        .await?;
-    log_job(&name, "standby", &out);
-    ctx.docker.start(container).await?;
-    wait_streaming(ctx, node, Duration::from_secs(30)).await?;
-    ctx.pgpool.attach(node, Duration::from_secs(30)).await?;
+    standby_job(
+        ctx,
+        node,
+        container,
+        "standby",
+        STANDBY_SCRIPT,
+        env,
+        Duration::from_secs(30),
+    )
+    .await?;
     let node_label = node.to_string();
     ctx.metrics
         .recoveries

@@ -107,6 +107,18 @@ impl Ctx {
         node_endpoint(&self.cfg, node)
     }
 
+    /// The `primary_conninfo` with which standby `node` follows `primary`.
+    pub fn conninfo_for(&self, node: usize, primary: usize) -> String {
+        let p = &self.cfg.nodes[primary];
+        crate::postgres::primary_conninfo(
+            &p.host,
+            p.port,
+            &self.cfg.replication_user,
+            &self.cfg.replication_password,
+            self.node_name(node),
+        )
+    }
+
     pub fn node_name(&self, node: usize) -> &str {
         &self.cfg.nodes[node].host
     }

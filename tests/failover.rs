@@ -324,7 +324,8 @@ async fn synchronous_mode_loses_no_acknowledged_commit() {
 
 #[tokio::test]
 async fn two_failovers_in_a_row() {
-    let c = ready_cluster("twice", &[]).await;
+    // Without auto-rejoin the fenced first primary stays out, so the last standby must win.
+    let c = ready_cluster("twice", &[("SIDECAR_AUTO_REJOIN", "false")]).await;
     c.docker(&["kill", &c.container("pg-0")]);
     c.write_until_ok(1, Duration::from_secs(30)).await;
     let first = c.pool_primary().await.expect("first new primary");
