@@ -116,6 +116,9 @@ pub struct ContainerInfo {
     /// What a job container must share with the node.
     #[serde(skip)]
     pub spec: JobSpec,
+    /// The network and its aliases, when the container is on one.
+    #[serde(skip)]
+    pub network_aliases: Option<(String, Vec<String>)>,
     /// The whole inspect answer: the spec to recreate the container from if it disappears.
     #[serde(skip)]
     pub raw: Box<bollard::models::ContainerInspectResponse>,
@@ -324,6 +327,22 @@ impl DockerRuntime {
                 binds,
                 network,
             },
+            network_aliases: c
+                .network_settings
+                .as_ref()
+                .and_then(|n| n.networks.as_ref())
+                .and_then(|n| n.iter().next())
+                .map(|(net, ep)| {
+                    let own = c.id.clone().unwrap_or_default();
+                    let aliases = ep
+                        .aliases
+                        .clone()
+                        .unwrap_or_default()
+                        .into_iter()
+                        .filter(|a| !own.starts_with(a.as_str()))
+                        .collect();
+                    (net.clone(), aliases)
+                }),
             raw: Box::new(c),
         })
     }
@@ -469,6 +488,30 @@ impl DockerRuntime {
             self.docker.update_container(&c.id, body),
         )
         .await
+    }
+
+    /// Connects a container back to `network` under `aliases` (undoing a fencing disconnect).
+    pub async fn reconnect(
+        &self,
+        c: &ContainerInfo,
+        network: &str,
+        aliases: Vec<String>,
+    ) -> Result<ContainerInfo, DockerError> {
+        let req = bollard::models::NetworkConnectRequest {
+            container: c.id.clone(),
+            endpoint_config: Some(EndpointSettings {
+                aliases: Some(aliases),
+                ..Default::default()
+            }),
+        };
+        timed_for(
+            "connect",
+            &c.name,
+            API_TIMEOUT,
+            self.docker.connect_network(network, req),
+        )
+        .await?;
+        self.inspect(&c.id).await
     }
 
     /// Cuts a container off every network it is on: the fallback when it cannot be killed.

@@ -119,6 +119,9 @@ async fn observe(ctx: &Arc<Ctx>, probes: &mut Probes) -> Option<ClusterView> {
             let container = match c {
                 Ok(Some(c)) => {
                     let status = c.status.clone();
+                    if let Some(net) = c.network_aliases.clone() {
+                        s.known_network.insert(i, net);
+                    }
                     s.last_spec.insert(i, *c.raw);
                     Some(status)
                 }
@@ -297,14 +300,37 @@ const FAILBACK_SETTLE_SECONDS: f64 = 10.0;
 /// Runs the recovery ladder for `node` in its own task; `recover` marks the node busy, so a
 /// second request while one runs is refused there.
 fn spawn_recovery(ctx: &Arc<Ctx>, node: usize, force_rebuild: bool, reason: String) {
-    if ctx.with_state(|s| s.busy.contains(&node)) {
+    let now = std::time::Instant::now();
+    let waiting = ctx.with_state(|s| {
+        s.busy.contains(&node) || s.recovery_backoff.get(&node).is_some_and(|(t, _)| now < *t)
+    });
+    if waiting {
         return;
     }
     let c = ctx.clone();
     ctx.spawn(format!("recover-{}", ctx.node_name(node)), async move {
-        let _ = recovery::recover(&c, node, force_rebuild, &reason).await;
+        let ok = recovery::recover(&c, node, force_rebuild, &reason)
+            .await
+            .is_ok();
+        // A failed automatic recovery is retried with back-off, not on every pass.
+        c.with_state(|s| {
+            if ok {
+                s.recovery_backoff.remove(&node);
+            } else {
+                let delay = s
+                    .recovery_backoff
+                    .get(&node)
+                    .map(|(_, d)| (*d * 2).min(RECOVERY_BACKOFF_MAX))
+                    .unwrap_or(RECOVERY_BACKOFF_FIRST);
+                s.recovery_backoff
+                    .insert(node, (std::time::Instant::now() + delay, delay));
+            }
+        });
     });
 }
+
+const RECOVERY_BACKOFF_FIRST: Duration = Duration::from_secs(5);
+const RECOVERY_BACKOFF_MAX: Duration = Duration::from_secs(300);
 
 /// Takes `node` as primary; the first time, starts pgpool with only verified nodes up.
 fn adopt_primary(ctx: &Arc<Ctx>, node: usize) {

@@ -106,6 +106,8 @@ echo "standby configuration written"
 const REBUILD_SCRIPT: &str = r#"
 set -euo pipefail
 echo "rebuilding $PGDATA from $SOURCE_HOST:$SOURCE_PORT"
+# Nothing is deleted unless the source answers: a node cut off from the primary keeps its data.
+pg_isready -h "$SOURCE_HOST" -p "$SOURCE_PORT" -t 15
 find "$PGDATA" -mindepth 1 -delete
 pg_basebackup -h "$SOURCE_HOST" -p "$SOURCE_PORT" -U "$REPLICATION_USER" -D "$PGDATA" \
   -X stream -c fast --no-password --progress --verbose 2>&1 | tr '\r' '\n' | grep -v '^$' | tail -n 20
@@ -187,9 +189,21 @@ async fn ladder(
     let primary = ctx
         .primary()
         .ok_or((Method::Attach, RecoveryError::NoPrimary))?;
-    let container = ensure_container(ctx, node)
+    let mut container = ensure_container(ctx, node)
         .await
         .map_err(|e| (Method::Rebuild, e))?;
+    // Fenced by a network disconnect: recovery takes it back onto the cluster network first,
+    // or neither it nor its job containers could reach the primary.
+    if container.spec.network.is_none() {
+        if let Some(net) = ctx.with_state(|s| s.known_network.get(&node).cloned()) {
+            tracing::warn!(node = %name, network = %net.0, "reconnecting the fenced node to its network");
+            container = ctx
+                .docker
+                .reconnect(&container, &net.0, net.1)
+                .await
+                .map_err(|e| (Method::Attach, e.into()))?;
+        }
+    }
     let fenced = ctx.with_state(|s| s.fenced.contains(&node));
     ctx.with_state(|s| s.node_state.insert(node, NodeState::Rebuilding));
     // While it still answers: a node of another cluster may be wiped only if it holds no user

@@ -64,6 +64,11 @@ pub struct State {
     /// Bumped on every change of primary; an observation that started under an older one is
     /// stale and is thrown away rather than acted on.
     pub generation: u64,
+    /// Each node's cluster network and aliases, as last seen connected: what a node fenced by
+    /// a disconnect is reconnected to when recovery takes it back.
+    pub known_network: BTreeMap<usize, (String, Vec<String>)>,
+    /// Automatic recovery back-off per node: not before this instant, and the next delay.
+    pub recovery_backoff: BTreeMap<usize, (std::time::Instant, Duration)>,
     /// Last inspect of each node's container: what to recreate it from after `docker rm`.
     pub last_spec: BTreeMap<usize, bollard::models::ContainerInspectResponse>,
 }
