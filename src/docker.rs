@@ -416,28 +416,11 @@ impl DockerRuntime {
             }),
             ..Default::default()
         };
-        let opts = CreateContainerOptionsBuilder::new().name(&name).build();
-        let created = timed_for(
-            "create",
-            &name,
-            API_TIMEOUT,
-            self.docker.create_container(Some(opts), body),
-        )
-        .await?;
+        let created = self.create_named(&name, body).await?;
         for (net, ep) in networks.into_iter().skip(1) {
-            let req = bollard::models::NetworkConnectRequest {
-                container: created.id.clone(),
-                endpoint_config: Some(ep),
-            };
-            timed_for(
-                "connect",
-                &name,
-                API_TIMEOUT,
-                self.docker.connect_network(&net, req),
-            )
-            .await?;
+            self.connect_network(&created, &name, &net, ep).await?;
         }
-        self.inspect(&created.id).await
+        self.inspect(&created).await
     }
 
     /// Fencing: make sure Docker will not bring the container back, and SIGKILL it.
@@ -497,21 +480,50 @@ impl DockerRuntime {
         network: &str,
         aliases: Vec<String>,
     ) -> Result<ContainerInfo, DockerError> {
+        let ep = EndpointSettings {
+            aliases: Some(aliases),
+            ..Default::default()
+        };
+        self.connect_network(&c.id, &c.name, network, ep).await?;
+        self.inspect(&c.id).await
+    }
+
+    /// Creates a container under `name`; returns its id.
+    async fn create_named(
+        &self,
+        name: &str,
+        body: ContainerCreateBody,
+    ) -> Result<String, DockerError> {
+        let opts = CreateContainerOptionsBuilder::new().name(name).build();
+        let created = timed_for(
+            "create",
+            name,
+            API_TIMEOUT,
+            self.docker.create_container(Some(opts), body),
+        )
+        .await?;
+        Ok(created.id)
+    }
+
+    /// Connects container `id` (called `name` in errors) to `network` with endpoint `ep`.
+    async fn connect_network(
+        &self,
+        id: &str,
+        name: &str,
+        network: &str,
+        ep: EndpointSettings,
+    ) -> Result<(), DockerError> {
         let req = bollard::models::NetworkConnectRequest {
-            container: c.id.clone(),
-            endpoint_config: Some(EndpointSettings {
-                aliases: Some(aliases),
-                ..Default::default()
-            }),
+            container: id.to_string(),
+            endpoint_config: Some(ep),
         };
         timed_for(
             "connect",
-            &c.name,
+            name,
             API_TIMEOUT,
             self.docker.connect_network(network, req),
         )
-        .await?;
-        self.inspect(&c.id).await
+        .await
     }
 
     /// Cuts a container off every network it is on: the fallback when it cannot be killed.
@@ -617,15 +629,7 @@ impl DockerRuntime {
             networking_config: networking,
             ..Default::default()
         };
-        let opts = CreateContainerOptionsBuilder::new().name(&name).build();
-        let created = timed_for(
-            "create",
-            &name,
-            API_TIMEOUT,
-            self.docker.create_container(Some(opts), body),
-        )
-        .await?;
-        let id = created.id;
+        let id = self.create_named(&name, body).await?;
         let result = self.run_and_wait(&id, &name, limit).await;
         let logs = self.logs(&id).await.unwrap_or_default();
         let rm = RemoveContainerOptionsBuilder::new().force(true).build();
