@@ -34,6 +34,9 @@ const REDACTED: &str = "<redacted>";
 const DEFAULT_PG_PORT: u16 = 5432;
 const MIN_API_TOKEN_CHARS: usize = 16;
 const MAX_PROBE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Enough for a standby to be away through a restart or a short outage under moderate writes,
+/// small enough not to fill a modest volume.
+pub const DEFAULT_MAX_SLOT_WAL_KEEP_SIZE: u64 = 1 << 30;
 
 /// Every accepted name after [`ENV_PREFIX`], including the `_FILE` forms of the secrets.
 /// Anything else is reported, so a typo does not silently fall back to a default.
@@ -68,6 +71,8 @@ const KNOWN_VARS: &[&str] = &[
     "PREFERRED_PRIMARY",
     "HOOK_SOCKET",
     "JOB_TIMEOUT",
+    "REPLICATION_SLOTS",
+    "MAX_SLOT_WAL_KEEP_SIZE",
 ];
 
 /// Where configuration comes from; a trait so tests never touch the process environment.
@@ -252,6 +257,12 @@ pub struct Config {
     pub hook_socket: PathBuf,
     /// Longest a rewind/rebuild job container may run before it is given up.
     pub job_timeout: Duration,
+    /// Keep one physical replication slot per standby on the primary, so a standby that was
+    /// away catches up from the primary's WAL instead of being rebuilt.
+    pub replication_slots: bool,
+    /// The primary's `max_slot_wal_keep_size` in bytes (`None`: no limit): how much WAL the
+    /// slots may hold for absent standbys before the disk is protected and they need a rebuild.
+    pub max_slot_wal_keep_size: Option<u64>,
     /// Extra pgpool.conf settings (lowercase name → raw value); the renderer quotes them.
     pub pgpool_conf: BTreeMap<String, String>,
 }
@@ -287,6 +298,8 @@ impl fmt::Debug for Config {
             preferred_primary,
             hook_socket,
             job_timeout,
+            replication_slots,
+            max_slot_wal_keep_size,
             pgpool_conf,
         } = self;
         f.debug_struct("Config")
@@ -315,6 +328,8 @@ impl fmt::Debug for Config {
             .field("preferred_primary", preferred_primary)
             .field("hook_socket", hook_socket)
             .field("job_timeout", job_timeout)
+            .field("replication_slots", replication_slots)
+            .field("max_slot_wal_keep_size", max_slot_wal_keep_size)
             .field("pgpool_conf", &RedactedConf(pgpool_conf))
             .finish()
     }
@@ -378,6 +393,8 @@ impl Config {
             preferred_primary,
             hook_socket,
             job_timeout,
+            replication_slots,
+            max_slot_wal_keep_size,
             pgpool_conf,
         } = self;
         let duration = |d: &Duration| Value::from(humantime::format_duration(*d).to_string());
@@ -428,6 +445,11 @@ impl Config {
             hook_socket.display().to_string().into(),
         );
         m.insert("job_timeout".into(), duration(job_timeout));
+        m.insert("replication_slots".into(), (*replication_slots).into());
+        m.insert(
+            "max_slot_wal_keep_size".into(),
+            (*max_slot_wal_keep_size).into(),
+        );
         let conf: Map<String, Value> = pgpool_conf
             .iter()
             .map(|(k, v)| (k.clone(), shown_conf_value(k, v).into()))
@@ -501,6 +523,8 @@ struct Raw {
     preferred_primary: Option<String>,
     hook_socket: Option<String>,
     job_timeout: Option<String>,
+    replication_slots: Option<String>,
+    max_slot_wal_keep_size: Option<String>,
 }
 
 /// Reads and validates the configuration, reporting every problem at once.
@@ -859,6 +883,16 @@ impl Checker {
         let job_timeout = self
             .opt("JOB_TIMEOUT", raw.job_timeout, parse_duration)
             .unwrap_or(Duration::from_secs(600));
+        let replication_slots = self
+            .opt("REPLICATION_SLOTS", raw.replication_slots, parse_bool)
+            .unwrap_or(true);
+        let max_slot_wal_keep_size = self
+            .opt(
+                "MAX_SLOT_WAL_KEEP_SIZE",
+                raw.max_slot_wal_keep_size,
+                parse_slot_limit,
+            )
+            .unwrap_or(Some(DEFAULT_MAX_SLOT_WAL_KEEP_SIZE));
 
         Config {
             nodes: nodes.unwrap_or_default(),
@@ -886,6 +920,8 @@ impl Checker {
             preferred_primary,
             hook_socket,
             job_timeout,
+            replication_slots,
+            max_slot_wal_keep_size,
             pgpool_conf,
         }
     }
@@ -1044,6 +1080,20 @@ fn parse_bytes(s: &str) -> Result<u64, String> {
         .ok()
         .and_then(|n| n.checked_mul(multiplier))
         .ok_or_else(|| format!("size {s:?} is too large"))
+}
+
+/// `-1` (no limit, as in PostgreSQL) or a size of at least 1MB; PostgreSQL counts it in MB.
+fn parse_slot_limit(s: &str) -> Result<Option<u64>, String> {
+    if s.trim() == "-1" {
+        return Ok(None);
+    }
+    let bytes = parse_bytes(s)?;
+    if bytes < 1 << 20 {
+        return Err(format!(
+            "{s:?} is below 1MB; use a size such as 1GB, or -1 for no limit"
+        ));
+    }
+    Ok(Some(bytes))
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -1786,6 +1836,28 @@ mod tests {
         ] {
             let c = ok(with(&[("PGPOOL_SIDECAR_MAX_LAG_ON_FAILOVER", value)]));
             assert_eq!(c.max_lag_on_failover, bytes, "{value}");
+        }
+    }
+
+    #[test]
+    fn slot_settings() {
+        let c = ok(with(&[]));
+        assert!(c.replication_slots);
+        assert_eq!(c.max_slot_wal_keep_size, Some(1 << 30));
+        let c = ok(with(&[
+            ("PGPOOL_SIDECAR_REPLICATION_SLOTS", "false"),
+            ("PGPOOL_SIDECAR_MAX_SLOT_WAL_KEEP_SIZE", "-1"),
+        ]));
+        assert!(!c.replication_slots);
+        assert_eq!(c.max_slot_wal_keep_size, None);
+        let c = ok(with(&[("PGPOOL_SIDECAR_MAX_SLOT_WAL_KEEP_SIZE", "64MB")]));
+        assert_eq!(c.max_slot_wal_keep_size, Some(64 << 20));
+        for value in ["0", "512kB", "lots", "-2"] {
+            assert_one(
+                with(&[("PGPOOL_SIDECAR_MAX_SLOT_WAL_KEEP_SIZE", value)]),
+                "PGPOOL_SIDECAR_MAX_SLOT_WAL_KEEP_SIZE",
+                "",
+            );
         }
     }
 

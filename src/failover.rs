@@ -256,18 +256,24 @@ async fn run(ctx: &Arc<Ctx>, old: usize) -> Result<usize, FailoverError> {
     Ok(candidate)
 }
 
-/// Points standby `node` at `primary`. Idempotent: the same conninfo again is a no-op reload.
+/// Points standby `node` at `primary`, through its replication slot there (made first when it
+/// is missing). Idempotent: the same settings again are a no-op reload.
 pub async fn repoint(ctx: &Ctx, node: usize, primary: usize) {
     let p = &ctx.cfg.nodes[primary];
     let conninfo = ctx.conninfo_for(node, primary);
+    let slot = crate::slots::ensure_for(ctx, primary, node).await;
     let result = ctx.sessions[node]
         .lock()
         .await
-        .set_primary_conninfo(&conninfo, ctx.probe_timeout().max(Duration::from_secs(2)))
+        .set_upstream(
+            &conninfo,
+            slot.as_deref(),
+            ctx.probe_timeout().max(Duration::from_secs(2)),
+        )
         .await;
     match result {
         Ok(()) => {
-            tracing::info!(node = %ctx.node_name(node), primary = %p.host, "standby re-pointed")
+            tracing::info!(node = %ctx.node_name(node), primary = %p.host, slot = ?slot, "standby re-pointed")
         }
         Err(e) => {
             tracing::error!(node = %ctx.node_name(node), error = %e, "cannot re-point standby")

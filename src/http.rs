@@ -232,6 +232,7 @@ pub fn status(ctx: &Ctx) -> serde_json::Value {
                     "fenced": s.fenced.contains(&n.id),
                     "foreign": s.foreign.contains(&n.id),
                     "busy": s.busy.contains(&n.id),
+                    "replication_slot": s.slots.get(&n.id),
                 })
             })
             .collect();

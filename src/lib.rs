@@ -19,5 +19,6 @@ pub mod postgres;
 pub mod reaper;
 pub mod reconcile;
 pub mod recovery;
+pub mod slots;
 pub mod state;
 pub mod switchover;

@@ -41,7 +41,13 @@ pub struct Metrics {
     pub fencing_actions: IntCounterVec,
     pub docker_api_errors: IntCounterVec,
     pub pgpool_restarts: IntCounter,
+    pub slot_retained_bytes: IntGaugeVec,
+    pub slot_wal_status: IntGaugeVec,
+    pub slot_actions: IntCounterVec,
 }
+
+/// `pg_replication_slots.wal_status` values, plus `missing` for a standby without a slot.
+pub const SLOT_STATUSES: [&str; 5] = ["reserved", "extended", "unreserved", "lost", "missing"];
 
 fn name(n: &str) -> String {
     format!("pgpool_sidecar_{n}")
@@ -247,6 +253,36 @@ impl Metrics {
                     "Times pgpool died and was restarted."
                 )
             ),
+            slot_retained_bytes: reg!(
+                r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        name("replication_slot_retained_bytes"),
+                        "WAL the primary keeps for the standby's replication slot."
+                    ),
+                    &["node"]
+                )
+            ),
+            slot_wal_status: reg!(
+                r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        name("replication_slot_wal_status"),
+                        "wal_status of the standby's slot on the primary as a state set; lost means the max_slot_wal_keep_size guard removed WAL it needs."
+                    ),
+                    &["node", "status"]
+                )
+            ),
+            slot_actions: reg!(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        name("replication_slot_actions_total"),
+                        "Replication slots created or dropped by the sidecar."
+                    ),
+                    &["action", "result"]
+                )
+            ),
             registry: r,
         };
         #[cfg(target_os = "linux")]
@@ -273,6 +309,17 @@ impl Metrics {
             m.replication_lag_bytes.with_label_values(&[n]).set(0);
             m.replication_lag_seconds.with_label_values(&[n]).set(0.0);
             m.node_foreign.with_label_values(&[n]).set(0);
+            m.slot_retained_bytes.with_label_values(&[n]).set(0);
+            for st in SLOT_STATUSES {
+                m.slot_wal_status
+                    .with_label_values(&[n, st])
+                    .set((st == "missing") as i64);
+            }
+        }
+        for action in ["create", "drop"] {
+            for result in ["success", "failure"] {
+                m.slot_actions.with_label_values(&[action, result]);
+            }
         }
         for result in ["success", "failure"] {
             m.failovers.with_label_values(&[result]);

@@ -82,6 +82,18 @@ pub struct ReplicaStat {
     pub sync_state: String,
 }
 
+/// One of the sidecar's replication slots, as `pg_replication_slots` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Slot {
+    pub name: String,
+    /// A standby is streaming through it right now.
+    pub active: bool,
+    /// `reserved`, `extended`, `unreserved` or `lost` (the guard removed WAL it needed).
+    pub wal_status: String,
+    /// WAL the slot holds back on the primary (none on a standby).
+    pub retained_bytes: Option<u64>,
+}
+
 /// A cached connection per node; dropped on any error so the next call reconnects.
 pub struct Session {
     endpoint: Endpoint,
@@ -339,11 +351,13 @@ impl Session {
         }
     }
 
-    /// Points this standby at a new upstream; PostgreSQL 13+ applies it on reload, and
-    /// `recovery_target_timeline = latest` (the default) makes it follow the new timeline.
-    pub async fn set_primary_conninfo(
+    /// Points this standby at a new upstream (and its replication slot there, or none);
+    /// PostgreSQL 13+ applies both on reload, and `recovery_target_timeline = latest` (the
+    /// default) makes it follow the new timeline.
+    pub async fn set_upstream(
         &mut self,
         conninfo: &str,
+        slot: Option<&str>,
         timeout: Duration,
     ) -> Result<(), PgError> {
         self.query(
@@ -351,6 +365,32 @@ impl Session {
                 "ALTER SYSTEM SET primary_conninfo = {}",
                 sql_literal(conninfo)
             ),
+            timeout,
+        )
+        .await?;
+        let slot_sql = match slot {
+            Some(name) => format!("ALTER SYSTEM SET primary_slot_name = {}", sql_literal(name)),
+            None => "ALTER SYSTEM RESET primary_slot_name".to_string(),
+        };
+        self.query(&slot_sql, timeout).await?;
+        self.query("SELECT pg_reload_conf()", timeout).await?;
+        Ok(())
+    }
+
+    /// Sets a reloadable server setting with ALTER SYSTEM (it survives restarts and is copied
+    /// by pg_basebackup and pg_rewind) and reloads.
+    pub async fn set_setting(
+        &mut self,
+        name: &str,
+        value: &str,
+        timeout: Duration,
+    ) -> Result<(), PgError> {
+        // ALTER SYSTEM takes no parameters: the name is checked here, the value quoted.
+        if !name.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+            return Err(self.unexpected(format!("refusing setting name {name:?}")));
+        }
+        self.query(
+            &format!("ALTER SYSTEM SET {name} = {}", sql_literal(value)),
             timeout,
         )
         .await?;
@@ -364,16 +404,58 @@ impl Session {
         value: &str,
         timeout: Duration,
     ) -> Result<(), PgError> {
-        self.query(
-            &format!(
-                "ALTER SYSTEM SET synchronous_standby_names = {}",
-                sql_literal(value)
-            ),
-            timeout,
-        )
-        .await?;
-        self.query("SELECT pg_reload_conf()", timeout).await?;
-        Ok(())
+        self.set_setting("synchronous_standby_names", value, timeout)
+            .await
+    }
+
+    /// The physical slots whose names start with `prefix`, with how much WAL each holds back.
+    pub async fn slots(&mut self, prefix: &str, timeout: Duration) -> Result<Vec<Slot>, PgError> {
+        let sql = format!(
+            "SELECT slot_name, active, coalesce(wal_status, ''), \
+               CASE WHEN pg_is_in_recovery() THEN NULL \
+                    ELSE pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint END \
+             FROM pg_replication_slots \
+             WHERE slot_type = 'physical' AND starts_with(slot_name::text, {})",
+            sql_literal(prefix)
+        );
+        let rows = self.query(&sql, timeout).await?;
+        Ok(rows
+            .iter()
+            .map(|r| Slot {
+                name: r.get(0).unwrap_or_default().to_string(),
+                active: r.get(1) == Some("t"),
+                wal_status: r.get(2).unwrap_or_default().to_string(),
+                retained_bytes: r
+                    .get(3)
+                    .and_then(|v| v.parse::<i64>().ok())
+                    .map(|v| v.max(0) as u64),
+            })
+            .collect())
+    }
+
+    /// Creates a physical slot that reserves WAL from now on; an existing one is kept. True
+    /// when this call created it.
+    pub async fn create_slot(&mut self, name: &str, timeout: Duration) -> Result<bool, PgError> {
+        let sql = format!(
+            "SELECT pg_create_physical_replication_slot({0}, true) \
+             WHERE NOT EXISTS (SELECT FROM pg_replication_slots WHERE slot_name = {0})",
+            sql_literal(name)
+        );
+        match self.query(&sql, timeout).await {
+            // Created meanwhile by another task (failover and the reconcile pass both ensure).
+            Err(PgError::Query { message, .. }) if message.contains("already exists") => Ok(false),
+            other => other.map(|rows| !rows.is_empty()),
+        }
+    }
+
+    /// Drops a slot unless a standby is using it. True when this call dropped it.
+    pub async fn drop_slot(&mut self, name: &str, timeout: Duration) -> Result<bool, PgError> {
+        let sql = format!(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+             WHERE slot_name = {0} AND NOT active",
+            sql_literal(name)
+        );
+        Ok(!self.query(&sql, timeout).await?.is_empty())
     }
 
     pub async fn show(&mut self, setting: &str, timeout: Duration) -> Result<String, PgError> {

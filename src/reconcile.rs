@@ -14,18 +14,23 @@ use futures_util::StreamExt;
 
 use crate::cluster::{decide, Action, ClusterView, NodeView};
 use crate::docker::ContainerStatus;
-use crate::metrics::ROLES;
+use crate::metrics::{ROLES, SLOT_STATUSES};
 use crate::pgpool::control::PoolStatus;
 use crate::postgres::Session;
 use crate::state::{Ctx, NodeState};
-use crate::{failover, pgpool, recovery};
+use crate::{failover, pgpool, recovery, slots};
 
 /// The probe loop's own connections (see `Ctx::sessions` for why they are separate).
 pub struct Probes {
     sessions: Vec<Session>,
     failures: Vec<u32>,
     not_streaming: Vec<u32>,
+    /// When each standby was last re-pointed for its slot: at most once per
+    /// [`SLOT_REPOINT_EVERY`], so a standby that cannot use its slot is not reloaded every pass.
+    slot_repointed: Vec<Option<std::time::Instant>>,
 }
+
+const SLOT_REPOINT_EVERY: Duration = Duration::from_secs(30);
 
 impl Probes {
     pub fn new(ctx: &Ctx) -> Self {
@@ -34,6 +39,7 @@ impl Probes {
             sessions: (0..n).map(|i| Session::new(ctx.endpoint(i))).collect(),
             failures: vec![0; n],
             not_streaming: vec![0; n],
+            slot_repointed: vec![None; n],
         }
     }
 }
@@ -67,6 +73,7 @@ pub async fn run(ctx: Arc<Ctx>) {
             act(&ctx, action, view.generation).await;
         }
         ensure_synchronous(&ctx, &mut probes).await;
+        keep_slots(&ctx, &mut probes, &view).await;
         record(&ctx);
     }
 }
@@ -294,6 +301,39 @@ async fn ensure_synchronous(ctx: &Ctx, probes: &mut Probes) {
     }
 }
 
+/// Keeps the primary's replication slots in line with the standbys (see [`crate::slots`]).
+async fn keep_slots(ctx: &Arc<Ctx>, probes: &mut Probes, view: &ClusterView) {
+    let Some(primary) = view.primary else { return };
+    // After a promotion this view's primary is the old one: nobody may be re-pointed at it.
+    let current = |ctx: &Ctx| ctx.with_state(|s| s.generation) == view.generation;
+    if view.nodes.get(primary).is_none_or(|n| n.pg.is_none()) || !current(ctx) {
+        return;
+    }
+    let streaming = view
+        .nodes
+        .iter()
+        .filter(|n| n.streaming_from_primary && !n.busy)
+        .map(|n| n.id)
+        .collect();
+    let session = &mut probes.sessions[primary];
+    let repoint = match slots::keep(ctx, session, primary, &streaming).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot read the primary's replication slots");
+            return;
+        }
+    };
+    let now = std::time::Instant::now();
+    for node in repoint {
+        let due = probes.slot_repointed[node].is_none_or(|t| now >= t + SLOT_REPOINT_EVERY);
+        if due && current(ctx) {
+            probes.slot_repointed[node] = Some(now);
+            tracing::info!(node = %ctx.node_name(node), "standby does not use its replication slot; re-pointing it");
+            failover::repoint(ctx, node, primary).await;
+        }
+    }
+}
+
 /// Seconds after a failover before an automatic failback may start.
 const FAILBACK_SETTLE_SECONDS: f64 = 10.0;
 
@@ -429,6 +469,22 @@ fn record(ctx: &Ctx) {
             m.node_foreign
                 .with_label_values(&[id])
                 .set(s.foreign.contains(&n.id) as i64);
+            let slot = s.slots.get(&n.id);
+            let slot_status = match slot {
+                _ if Some(n.id) == s.view.primary => "",
+                Some(sl) => sl.wal_status.as_str(),
+                None => "missing",
+            };
+            for st in SLOT_STATUSES {
+                m.slot_wal_status
+                    .with_label_values(&[id, st])
+                    .set((st == slot_status) as i64);
+            }
+            m.slot_retained_bytes.with_label_values(&[id]).set(
+                slot.and_then(|sl| sl.retained_bytes)
+                    .filter(|_| Some(n.id) != s.view.primary)
+                    .unwrap_or(0) as i64,
+            );
             let busy_or_special = matches!(
                 s.node_state.get(&n.id),
                 Some(NodeState::Rebuilding) | Some(NodeState::Foreign)

@@ -189,6 +189,17 @@ async fn ladder(
     let primary = ctx
         .primary()
         .ok_or((Method::Attach, RecoveryError::NoPrimary))?;
+    // The guard gave up WAL this node still needed: streaming cannot bring it back, and a
+    // rewind needs that WAL too. Straight to a rebuild.
+    let slot_lost = !force_rebuild && crate::slots::lost(ctx, primary, node).await;
+    if slot_lost {
+        tracing::warn!(
+            node = %name,
+            slot = %crate::slots::slot_name(&name),
+            "replication slot lost: max_slot_wal_keep_size was exceeded while the node was away and the WAL it needs is gone; rebuilding"
+        );
+    }
+    let force_rebuild = force_rebuild || slot_lost;
     let mut container = ensure_container(ctx, node)
         .await
         .map_err(|e| (Method::Rebuild, e))?;
@@ -329,6 +340,7 @@ async fn rejoin_as_is(
     }
     wait_streaming(ctx, node, Duration::from_secs(20)).await?;
     ctx.pgpool.attach(node, Duration::from_secs(30)).await?;
+    crate::slots::drop_local(ctx, node).await;
     Ok(())
 }
 
@@ -351,10 +363,14 @@ async fn identify(ctx: &Ctx, container: &ContainerInfo) -> Result<String, Recove
         .to_string())
 }
 
-fn standby_conf(ctx: &Ctx, node: usize, primary: usize) -> String {
+/// Lines appended to `postgresql.auto.conf` (the last value of a setting wins there). The slot
+/// line is always written: pg_basebackup and pg_rewind copy the source's file, which may name
+/// the source's own slot from its time as a standby.
+fn standby_conf(ctx: &Ctx, node: usize, primary: usize, slot: Option<&str>) -> String {
     format!(
-        "primary_conninfo = {}",
-        sql_literal(&ctx.conninfo_for(node, primary))
+        "primary_conninfo = {}\nprimary_slot_name = {}",
+        sql_literal(&ctx.conninfo_for(node, primary)),
+        sql_literal(slot.unwrap_or(""))
     )
 }
 
@@ -376,6 +392,7 @@ async fn standby_job(
     ctx.docker.start(container).await?;
     wait_streaming(ctx, node, stream_limit).await?;
     ctx.pgpool.attach(node, Duration::from_secs(30)).await?;
+    crate::slots::drop_local(ctx, node).await;
     Ok(out)
 }
 
@@ -410,12 +427,16 @@ async fn rewind(
         .await
         .map_err(|e| RecoveryError::Checkpoint(e.to_string()))?;
     let p = &ctx.cfg.nodes[primary];
+    let slot = crate::slots::ensure_for(ctx, primary, node).await;
     let env = vec![
         format!("SOURCE_HOST={}", p.host),
         format!("SOURCE_PORT={}", p.port),
         format!("SOURCE_USER={}", ctx.cfg.superuser),
         format!("PGPASSWORD={}", ctx.cfg.superuser_password.expose()),
-        format!("STANDBY_CONF={}", standby_conf(ctx, node, primary)),
+        format!(
+            "STANDBY_CONF={}",
+            standby_conf(ctx, node, primary, slot.as_deref())
+        ),
     ];
     let out = standby_job(
         ctx,
@@ -447,12 +468,16 @@ async fn rebuild(
     let name = ctx.node_name(node).to_string();
     tracing::warn!(node = %name, "rebuilding node from the primary (its data is discarded)");
     let p = &ctx.cfg.nodes[primary];
+    let slot = crate::slots::reset_for(ctx, primary, node).await;
     let env = vec![
         format!("SOURCE_HOST={}", p.host),
         format!("SOURCE_PORT={}", p.port),
         format!("REPLICATION_USER={}", ctx.cfg.replication_user),
         format!("PGPASSWORD={}", ctx.cfg.replication_password.expose()),
-        format!("STANDBY_CONF={}", standby_conf(ctx, node, primary)),
+        format!(
+            "STANDBY_CONF={}",
+            standby_conf(ctx, node, primary, slot.as_deref())
+        ),
     ];
     standby_job(
         ctx,
@@ -475,7 +500,11 @@ pub async fn demote_cleanly_stopped(
     primary: usize,
     container: &ContainerInfo,
 ) -> Result<(), RecoveryError> {
-    let env = vec![format!("STANDBY_CONF={}", standby_conf(ctx, node, primary))];
+    let slot = crate::slots::ensure_for(ctx, primary, node).await;
+    let env = vec![format!(
+        "STANDBY_CONF={}",
+        standby_conf(ctx, node, primary, slot.as_deref())
+    )];
     standby_job(
         ctx,
         node,

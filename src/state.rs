@@ -71,6 +71,8 @@ pub struct State {
     pub recovery_backoff: BTreeMap<usize, (std::time::Instant, Duration)>,
     /// Last inspect of each node's container: what to recreate it from after `docker rm`.
     pub last_spec: BTreeMap<usize, bollard::models::ContainerInspectResponse>,
+    /// Each standby's replication slot on the primary, as last seen.
+    pub slots: BTreeMap<usize, crate::postgres::Slot>,
 }
 
 /// Everything a task needs; cloned as `Arc<Ctx>`.

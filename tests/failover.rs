@@ -3,8 +3,7 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -263,64 +262,20 @@ async fn synchronous_mode_loses_no_acknowledged_commit() {
     .await;
 
     // A writer commits numbered rows through pgpool and records each acknowledged id.
-    let acked = Arc::new(Mutex::new(Vec::<i64>::new()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let next = Arc::new(AtomicI64::new(1));
     let c = Arc::new(c);
-    let writer = {
-        let (c, acked, stop, next) = (c.clone(), acked.clone(), stop.clone(), next.clone());
-        tokio::spawn(async move {
-            let mut client = None;
-            while !stop.load(Ordering::SeqCst) {
-                if client.is_none() {
-                    client = c.pgpool().await;
-                }
-                let Some(cl) = &client else {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    continue;
-                };
-                let id = next.fetch_add(1, Ordering::SeqCst);
-                let q = format!("INSERT INTO acked (id) VALUES ({id})");
-                match tokio::time::timeout(Duration::from_secs(2), cl.simple_query(&q)).await {
-                    Ok(Ok(_)) => acked.lock().unwrap().push(id),
-                    _ => client = None,
-                }
-            }
-        })
-    };
-    wait_for("some commits acknowledged", Duration::from_secs(10), || {
-        let acked = acked.clone();
-        async move { (acked.lock().unwrap().len() >= 50).then_some(()) }
-    })
-    .await;
+    let writer = Writer::start(c.clone());
+    writer.wait_acked(50, Duration::from_secs(10)).await;
     c.docker(&["kill", &c.container("pg-0")]);
-    let before = acked.lock().unwrap().len();
-    wait_for(
-        "commits acknowledged after the failover",
-        Duration::from_secs(30),
-        || {
-            let acked = acked.clone();
-            async move { (acked.lock().unwrap().len() >= before + 50).then_some(()) }
-        },
-    )
-    .await;
-    stop.store(true, Ordering::SeqCst);
-    writer.await.unwrap();
+    let before = writer.count();
+    writer
+        .wait_acked(before + 50, Duration::from_secs(30))
+        .await;
+    let acked = writer.stop().await;
 
     let new = c.pool_primary().await.expect("new primary");
     assert_ne!(new, "pg-0");
     let p = c.node(&new).await.unwrap();
-    let rows = query(&p, "SELECT id FROM acked").await.unwrap();
-    let present: std::collections::HashSet<i64> = rows
-        .iter()
-        .filter_map(|r| r[0].as_deref()?.parse().ok())
-        .collect();
-    let acked = acked.lock().unwrap().clone();
-    let lost: Vec<i64> = acked
-        .iter()
-        .copied()
-        .filter(|id| !present.contains(id))
-        .collect();
+    let lost = lost_on(&p, &acked).await;
     eprintln!(
         "sync mode: {} acknowledged, {} lost",
         acked.len(),

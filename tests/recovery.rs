@@ -4,8 +4,7 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -134,6 +133,28 @@ async fn failed_primary_is_rewound_into_a_standby_and_loses_only_its_unreplicate
     );
     let rec = count_on(&c, "pg-0", "SELECT pg_is_in_recovery()").await;
     assert_eq!(rec.as_deref(), Some("t"));
+    // The slots moved with the primary: every standby streams through its slot on the new one,
+    // and the old primary no longer keeps the slots it held as primary.
+    for standby in ALL.iter().filter(|n| **n != new) {
+        let slot = format!("sidecar_{}", standby.replace('-', "_"));
+        wait_for(
+            &format!("{standby} streams through {slot} on {new}"),
+            Duration::from_secs(15),
+            || async { slot_on(&c, &new, &slot).await.filter(|s| s.0) },
+        )
+        .await;
+    }
+    let stale = count_on(
+        &c,
+        "pg-0",
+        "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'sidecar%'",
+    )
+    .await;
+    assert_eq!(
+        stale.as_deref(),
+        Some("0"),
+        "stale slots left on the rewound node"
+    );
     let m = metrics(&c).await;
     assert_eq!(
         metric(
@@ -292,37 +313,15 @@ async fn removed_container_and_removed_volume_come_back_as_the_same_service() {
 #[tokio::test]
 async fn switchover_loses_no_acknowledged_commit() {
     let c = Arc::new(ready("switch", &[]).await);
-    let acked = Arc::new(Mutex::new(Vec::<(i64, Instant)>::new()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let next = Arc::new(AtomicI64::new(1));
-    let writer = {
-        let (c, acked, stop, next) = (c.clone(), acked.clone(), stop.clone(), next.clone());
-        tokio::spawn(async move {
-            let mut client = None;
-            while !stop.load(Ordering::SeqCst) {
-                if client.is_none() {
-                    client = c.pgpool().await;
-                }
-                if let Some(cl) = &client {
-                    let id = next.fetch_add(1, Ordering::SeqCst);
-                    let q = format!("INSERT INTO acked (id) VALUES ({id})");
-                    match tokio::time::timeout(Duration::from_secs(2), cl.simple_query(&q)).await {
-                        Ok(Ok(_)) => acked.lock().unwrap().push((id, Instant::now())),
-                        _ => client = None,
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-    };
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let writer = Writer::start(c.clone());
+    writer.wait_acked(20, Duration::from_secs(10)).await;
     let (status, body) = c.post("/switchover?to=pg-1", Some(API_TOKEN)).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["new_primary"], "pg-1");
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    stop.store(true, Ordering::SeqCst);
-    writer.await.unwrap();
-    let acked = acked.lock().unwrap().clone();
+    // Writes go on through pgpool to the new primary.
+    let after = writer.count() + 20;
+    writer.wait_acked(after, Duration::from_secs(15)).await;
+    let acked = writer.stop().await;
     let gap = acked
         .windows(2)
         .map(|w| (w[1].1 - w[0].1).as_secs_f64())
@@ -334,18 +333,13 @@ async fn switchover_loses_no_acknowledged_commit() {
     );
     assert_eq!(c.pool_primary().await.as_deref(), Some("pg-1"));
     let p = c.node("pg-1").await.unwrap();
-    let rows = query(&p, "SELECT id FROM acked").await.unwrap();
-    let present: std::collections::HashSet<i64> = rows
-        .iter()
-        .filter_map(|r| r[0].as_deref()?.parse().ok())
-        .collect();
-    let lost: Vec<i64> = acked
-        .iter()
-        .map(|a| a.0)
-        .filter(|id| !present.contains(id))
-        .collect();
+    let lost = lost_on(&p, &acked).await;
     assert!(lost.is_empty(), "acknowledged ids lost: {lost:?}");
-    let total = present.len() as i64;
+    let total = count_on(&c, "pg-1", "SELECT count(*) FROM acked")
+        .await
+        .and_then(|n| n.parse::<i64>().ok())
+        .expect("row count on the new primary");
+
     wait_rejoined(&c, "pg-1", "pg-0", total, Duration::from_secs(60)).await;
     wait_rejoined(&c, "pg-1", "pg-2", total, Duration::from_secs(60)).await;
     let m = metrics(&c).await;
@@ -447,4 +441,236 @@ async fn refusals_are_clear_and_change_nothing() {
             .contains("PGPOOL_SIDECAR_API_TOKEN"),
         "{b}"
     );
+}
+
+/// One row of the primary's `pg_replication_slots` for `slot`: (active, wal_status,
+/// retained bytes), or None when there is no such slot.
+async fn slot_on(c: &Cluster, node: &str, slot: &str) -> Option<(bool, String, i64)> {
+    let client = c.node(node).await?;
+    let q = format!(
+        "SELECT active, coalesce(wal_status, ''), \
+           coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn), -1)::bigint \
+         FROM pg_replication_slots WHERE slot_name = '{slot}'"
+    );
+    let rows = query(&client, &q).await.ok()?;
+    let r = rows.first()?;
+    Some((
+        r[0].as_deref() == Some("t"),
+        r[1].clone().unwrap_or_default(),
+        r[2].as_deref()?.parse().ok()?,
+    ))
+}
+
+/// Stops `standby`, then makes the primary write `mb` MB of WAL and checkpoint with
+/// `wal_keep_size = 0`, so only a replication slot can still hold what the standby missed.
+async fn away_while_primary_writes(c: &Cluster, standby: &str, mb: i64) {
+    let pg0 = c.node("pg-0").await.unwrap();
+    query(&pg0, "ALTER SYSTEM SET wal_keep_size = 0")
+        .await
+        .unwrap();
+    query(&pg0, "SELECT pg_reload_conf()").await.unwrap();
+    c.docker(&["stop", &c.container(standby)]);
+    for i in 1..=50 {
+        c.write_once(i)
+            .await
+            .expect("write while the standby is away");
+    }
+    // About 1.1 kB of WAL per row.
+    let rows = mb * 1000;
+    query(
+        &pg0,
+        &format!(
+            "CREATE TABLE filler AS SELECT g, repeat(md5(g::text), 30) AS pad \
+             FROM generate_series(1, {rows}) g"
+        ),
+    )
+    .await
+    .unwrap();
+    for _ in 0..3 {
+        query(&pg0, "SELECT pg_switch_wal()").await.unwrap();
+        query(&pg0, "CHECKPOINT").await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn standby_away_catches_up_through_its_slot_and_stray_slots_are_dropped() {
+    let c = ready("slotkeep", &[("SIDECAR_AUTO_REJOIN", "false")]).await;
+    wait_for(
+        "pg-2 streams through its slot",
+        Duration::from_secs(30),
+        || async { slot_on(&c, "pg-0", "sidecar_pg_2").await.filter(|s| s.0) },
+    )
+    .await;
+    // The sidecar's own slots only: an operator's slot stays, a slot of no configured node goes.
+    let pg0 = c.node("pg-0").await.unwrap();
+    query(
+        &pg0,
+        "SELECT pg_create_physical_replication_slot('operator_slot'), \
+                pg_create_physical_replication_slot('sidecar_pg_9')",
+    )
+    .await
+    .unwrap();
+    wait_for(
+        "the sidecar drops the slot of a node it does not have",
+        Duration::from_secs(15),
+        || async {
+            slot_on(&c, "pg-0", "sidecar_pg_9")
+                .await
+                .is_none()
+                .then_some(())
+        },
+    )
+    .await;
+    assert!(slot_on(&c, "pg-0", "operator_slot").await.is_some());
+    query(&pg0, "SELECT pg_drop_replication_slot('operator_slot')")
+        .await
+        .unwrap();
+
+    away_while_primary_writes(&c, "pg-2", 100).await;
+    let (active, wal_status, retained) = slot_on(&c, "pg-0", "sidecar_pg_2").await.unwrap();
+    eprintln!("slot of the absent standby: active={active} wal_status={wal_status} retained={retained} bytes");
+    assert!(!active);
+    assert_ne!(wal_status, "lost");
+    // The checkpoints above would have removed this WAL without the slot.
+    let held = query(
+        &pg0,
+        "SELECT (SELECT restart_lsn FROM pg_replication_slots WHERE slot_name = 'sidecar_pg_2') \
+                  < (SELECT redo_lsn FROM pg_control_checkpoint()) - 64 * 1024 * 1024, \
+                EXISTS (SELECT FROM pg_ls_waldir() WHERE name = \
+                  (SELECT pg_walfile_name(restart_lsn) FROM pg_replication_slots \
+                   WHERE slot_name = 'sidecar_pg_2'))",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        held[0],
+        vec![Some("t".to_string()), Some("t".to_string())],
+        "the slot must hold WAL from before the last checkpoint's redo point"
+    );
+    let m = wait_for(
+        "the retained WAL in the metrics",
+        Duration::from_secs(10),
+        || async {
+            let m = metrics(&c).await;
+            let v = metric(
+                &m,
+                "pgpool_sidecar_replication_slot_retained_bytes{node=\"2\"}",
+            )?;
+            (v >= (64 << 20) as f64).then_some(m)
+        },
+    )
+    .await;
+    assert_eq!(
+        metric(
+            &m,
+            "pgpool_sidecar_replication_slot_wal_status{node=\"2\",status=\"lost\"}"
+        ),
+        Some(0.0)
+    );
+
+    let t = Instant::now();
+    let (status, body) = c.post("/nodes/pg-2/recover", Some(API_TOKEN)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["method"], "attach", "{body}");
+    wait_rejoined(&c, "pg-0", "pg-2", 50, Duration::from_secs(60)).await;
+    eprintln!(
+        "standby away for 100 MB of WAL back by its slot in {:.2} s: {body}",
+        t.elapsed().as_secs_f64()
+    );
+    assert_eq!(
+        count_on(&c, "pg-2", "SELECT count(*) FROM filler")
+            .await
+            .as_deref(),
+        Some("100000")
+    );
+    wait_for(
+        "pg-2 streams through its slot again",
+        Duration::from_secs(15),
+        || async { slot_on(&c, "pg-0", "sidecar_pg_2").await.filter(|s| s.0) },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn standby_away_past_the_slot_guard_is_rebuilt() {
+    let c = ready(
+        "slotguard",
+        &[
+            ("SIDECAR_AUTO_REJOIN", "false"),
+            ("SIDECAR_MAX_SLOT_WAL_KEEP_SIZE", "32MB"),
+        ],
+    )
+    .await;
+    wait_for(
+        "pg-2 streams through its slot",
+        Duration::from_secs(30),
+        || async { slot_on(&c, "pg-0", "sidecar_pg_2").await.filter(|s| s.0) },
+    )
+    .await;
+    let guard = wait_for(
+        "the sidecar sets the guard on the primary",
+        Duration::from_secs(10),
+        || async {
+            count_on(&c, "pg-0", "SHOW max_slot_wal_keep_size")
+                .await
+                .filter(|v| v == "32MB")
+        },
+    )
+    .await;
+    eprintln!("max_slot_wal_keep_size on the primary: {guard}");
+
+    away_while_primary_writes(&c, "pg-2", 100).await;
+    wait_for(
+        "the guard invalidates pg-2's slot",
+        Duration::from_secs(20),
+        || async {
+            slot_on(&c, "pg-0", "sidecar_pg_2")
+                .await
+                .filter(|s| s.1 == "lost")
+        },
+    )
+    .await;
+    wait_for(
+        "the lost slot in the metrics",
+        Duration::from_secs(10),
+        || async {
+            let m = metrics(&c).await;
+            (metric(
+                &m,
+                "pgpool_sidecar_replication_slot_wal_status{node=\"2\",status=\"lost\"}",
+            ) == Some(1.0))
+            .then_some(())
+        },
+    )
+    .await;
+
+    let t = Instant::now();
+    let (status, body) = c.post("/nodes/pg-2/recover", Some(API_TOKEN)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["method"], "rebuild", "{body}");
+    wait_rejoined(&c, "pg-0", "pg-2", 50, Duration::from_secs(60)).await;
+    eprintln!(
+        "standby past the slot guard rebuilt in {:.2} s: {body}",
+        t.elapsed().as_secs_f64()
+    );
+    assert_eq!(
+        count_on(&c, "pg-2", "SELECT count(*) FROM filler")
+            .await
+            .as_deref(),
+        Some("100000")
+    );
+    assert!(c
+        .logs("pgpool")
+        .contains("max_slot_wal_keep_size was exceeded"));
+    // A fresh slot, in use and holding WAL again.
+    wait_for(
+        "pg-2 streams through a fresh slot",
+        Duration::from_secs(15),
+        || async {
+            slot_on(&c, "pg-0", "sidecar_pg_2")
+                .await
+                .filter(|s| s.0 && s.1 != "lost")
+        },
+    )
+    .await;
 }

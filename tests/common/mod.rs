@@ -421,3 +421,79 @@ impl Cluster {
             .map(|(id, _, _)| format!("pg-{id}"))
     }
 }
+
+/// Commits numbered rows into `acked` through pgpool, one after another on one connection
+/// (reconnecting after an error), and records when each id was acknowledged: the yardstick for
+/// "no acknowledged commit lost" and for write-unavailability windows.
+pub struct Writer {
+    acked: std::sync::Arc<std::sync::Mutex<Vec<(i64, Instant)>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Writer {
+    pub fn start(c: std::sync::Arc<Cluster>) -> Self {
+        use std::sync::atomic::Ordering;
+        let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let task = {
+            let (acked, stop) = (acked.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut client = None;
+                let mut id = 0;
+                while !stop.load(Ordering::SeqCst) {
+                    if client.is_none() {
+                        client = c.pgpool().await;
+                    }
+                    let Some(cl) = &client else {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    };
+                    id += 1;
+                    let q = format!("INSERT INTO acked (id) VALUES ({id})");
+                    match tokio::time::timeout(Duration::from_secs(2), cl.simple_query(&q)).await {
+                        Ok(Ok(_)) => acked.lock().unwrap().push((id, Instant::now())),
+                        _ => client = None,
+                    }
+                }
+            })
+        };
+        Writer { acked, stop, task }
+    }
+
+    pub fn count(&self) -> usize {
+        self.acked.lock().unwrap().len()
+    }
+
+    /// Waits until at least `n` writes in all have been acknowledged.
+    pub async fn wait_acked(&self, n: usize, limit: Duration) {
+        wait_for(&format!("{n} acknowledged writes"), limit, || async {
+            (self.count() >= n).then_some(())
+        })
+        .await;
+    }
+
+    /// Stops the writer; the acknowledged ids with their acknowledgement times, in order.
+    pub async fn stop(self) -> Vec<(i64, Instant)> {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.task.await.expect("writer task");
+        let acked = self.acked.lock().unwrap().clone();
+        acked
+    }
+}
+
+/// Acknowledged ids missing from the `acked` table on `node`.
+pub async fn lost_on(node: &Client, acked: &[(i64, Instant)]) -> Vec<i64> {
+    let rows = query(node, "SELECT id FROM acked")
+        .await
+        .expect("read acked");
+    let present: std::collections::HashSet<i64> = rows
+        .iter()
+        .filter_map(|r| r[0].as_deref()?.parse().ok())
+        .collect();
+    acked
+        .iter()
+        .map(|a| a.0)
+        .filter(|id| !present.contains(id))
+        .collect()
+}

@@ -1,0 +1,377 @@
+//! WAL retention: one physical replication slot per standby on the primary, so a standby that was
+//! away catches up from the primary's WAL instead of being rebuilt — until the primary's
+//! `max_slot_wal_keep_size` (the guard against a long-gone standby filling the disk) gives that
+//! WAL up, after which the recovery ladder rebuilds the standby.
+//!
+//! Reads: the primary's `pg_replication_slots` (only slots named `sidecar_…`) and its
+//! `max_slot_wal_keep_size`, once per reconcile pass. Changes: creates slots for the configured
+//! standbys, drops ours that belong to no standby any more (removed nodes, the primary's own),
+//! sets the guard, re-points a streaming standby that does not use its slot; on a promotion the
+//! new primary gets every slot before the standbys are re-pointed at it; a node about to be
+//! rebuilt gets a fresh slot; a node that became a standby loses the stale slots it held as a
+//! primary (pg_rewind keeps them, and they would hold WAL back on it).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use crate::postgres::{PgError, Session, Slot};
+use crate::state::Ctx;
+
+/// Only slots with this prefix are ours to create and drop; anyone else's are left alone.
+pub const PREFIX: &str = "sidecar_";
+
+/// Longest slot name PostgreSQL accepts (NAMEDATALEN - 1).
+const MAX_NAME: usize = 63;
+
+/// The slot of the node named `node` (its compose service name, e.g. `pg-1` → `sidecar_pg_1`):
+/// slot names allow only lower-case letters, digits and underscores.
+pub fn slot_name(node: &str) -> String {
+    let mut s = String::from(PREFIX);
+    s.extend(node.chars().map(|c| {
+        if c.is_ascii_alphanumeric() {
+            c.to_ascii_lowercase()
+        } else {
+            '_'
+        }
+    }));
+    s.truncate(MAX_NAME);
+    s
+}
+
+/// One configured node other than the primary, as the slot rules see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotNode {
+    pub id: usize,
+    pub slot: String,
+    /// It should have a slot: slots are on and it is not another cluster's node.
+    pub wanted: bool,
+    /// It streams from the primary right now.
+    pub streaming: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SlotAction {
+    Create {
+        slot: String,
+    },
+    Drop {
+        slot: String,
+    },
+    /// The standby streams without its slot, or through one it should not use: re-pointing it
+    /// writes the right `primary_slot_name` (or none).
+    Repoint {
+        node: usize,
+    },
+}
+
+/// The actions that make the primary's slots match the nodes. Pure, for unit tests.
+pub fn plan(nodes: &[SlotNode], existing: &[Slot]) -> Vec<SlotAction> {
+    let mut plan = Vec::new();
+    let have: BTreeMap<&str, &Slot> = existing.iter().map(|s| (s.name.as_str(), s)).collect();
+    let wanted: BTreeSet<&str> = nodes
+        .iter()
+        .filter(|n| n.wanted)
+        .map(|n| n.slot.as_str())
+        .collect();
+    for n in nodes.iter().filter(|n| n.wanted) {
+        match have.get(n.slot.as_str()) {
+            None => plan.push(SlotAction::Create {
+                slot: n.slot.clone(),
+            }),
+            Some(s) if !s.active && n.streaming => plan.push(SlotAction::Repoint { node: n.id }),
+            Some(_) => {}
+        }
+    }
+    for s in existing
+        .iter()
+        .filter(|s| !wanted.contains(s.name.as_str()))
+    {
+        if !s.active {
+            plan.push(SlotAction::Drop {
+                slot: s.name.clone(),
+            });
+        } else if let Some(n) = nodes.iter().find(|n| n.slot == s.name) {
+            // In use by a node that should not have one (slots turned off): it lets go of the
+            // slot first, and a later pass drops it.
+            plan.push(SlotAction::Repoint { node: n.id });
+        }
+    }
+    plan
+}
+
+/// `max_slot_wal_keep_size` as `pg_settings.setting` shows it: whole MB, or -1 for no limit.
+pub fn guard_setting(bytes: Option<u64>) -> String {
+    match bytes {
+        None => "-1".into(),
+        Some(b) => b.div_ceil(1 << 20).to_string(),
+    }
+}
+
+/// The configured nodes other than `primary`, with whether each should have a slot.
+pub fn slot_nodes(ctx: &Ctx, primary: usize, streaming: &BTreeSet<usize>) -> Vec<SlotNode> {
+    let foreign = ctx.with_state(|s| s.foreign.clone());
+    (0..ctx.cfg.nodes.len())
+        .filter(|&n| n != primary)
+        .map(|n| SlotNode {
+            id: n,
+            slot: slot_name(ctx.node_name(n)),
+            wanted: ctx.cfg.replication_slots && !foreign.contains(&n),
+            streaming: streaming.contains(&n),
+        })
+        .collect()
+}
+
+/// One reconcile pass over the primary's slots, on the probe loop's session to it. Returns the
+/// nodes to re-point (the caller owns the throttle for that).
+pub async fn keep(
+    ctx: &Ctx,
+    session: &mut Session,
+    primary: usize,
+    streaming: &BTreeSet<usize>,
+) -> Result<Vec<usize>, PgError> {
+    let timeout = ctx.probe_timeout();
+    if ctx.cfg.replication_slots {
+        ensure_guard(ctx, session).await?;
+    }
+    let existing = session.slots(PREFIX, timeout).await?;
+    let nodes = slot_nodes(ctx, primary, streaming);
+    record(ctx, &nodes, &existing);
+    let mut repoint = Vec::new();
+    for action in plan(&nodes, &existing) {
+        match action {
+            SlotAction::Create { slot } => {
+                let r = session.create_slot(&slot, timeout).await;
+                count(ctx, "create", &slot, &r);
+            }
+            SlotAction::Drop { slot } => {
+                let r = session.drop_slot(&slot, timeout).await;
+                count(ctx, "drop", &slot, &r);
+            }
+            SlotAction::Repoint { node } => repoint.push(node),
+        }
+    }
+    Ok(repoint)
+}
+
+/// Sets the primary's `max_slot_wal_keep_size` to the configured guard when it differs.
+async fn ensure_guard(ctx: &Ctx, session: &mut Session) -> Result<(), PgError> {
+    let timeout = ctx.probe_timeout();
+    let want = guard_setting(ctx.cfg.max_slot_wal_keep_size);
+    let rows = session
+        .query(
+            "SELECT setting FROM pg_settings WHERE name = 'max_slot_wal_keep_size'",
+            timeout,
+        )
+        .await?;
+    let have = rows.first().and_then(|r| r.get(0)).unwrap_or_default();
+    if have != want {
+        let value = if want == "-1" {
+            want.clone()
+        } else {
+            format!("{want}MB")
+        };
+        session
+            .set_setting("max_slot_wal_keep_size", &value, timeout)
+            .await?;
+        tracing::info!(value = %value, "max_slot_wal_keep_size set on the primary");
+    }
+    Ok(())
+}
+
+/// Publishes what the primary's slots hold, per node, for `/status` and the metrics.
+fn record(ctx: &Ctx, nodes: &[SlotNode], existing: &[Slot]) {
+    let by_node: BTreeMap<usize, Slot> = nodes
+        .iter()
+        .filter_map(|n| {
+            existing
+                .iter()
+                .find(|s| s.name == n.slot)
+                .map(|s| (n.id, s.clone()))
+        })
+        .collect();
+    ctx.with_state(|s| s.slots = by_node);
+}
+
+/// Logs and counts a slot change; a call that found nothing to change is neither.
+fn count(ctx: &Ctx, action: &str, slot: &str, result: &Result<bool, PgError>) {
+    let label = match result {
+        Ok(false) => return,
+        Ok(true) => {
+            tracing::info!(slot, action, "replication slot changed on the primary");
+            "success"
+        }
+        Err(e) => {
+            tracing::warn!(slot, action, error = %e, "replication slot change failed");
+            "failure"
+        }
+    };
+    ctx.metrics
+        .slot_actions
+        .with_label_values(&[action, label])
+        .inc();
+}
+
+/// Makes sure `primary` has the slot of `node`; the slot name to configure on the standby, or
+/// `None` when slots are off or the slot cannot be made (the standby then streams without one
+/// rather than not at all).
+pub async fn ensure_for(ctx: &Ctx, primary: usize, node: usize) -> Option<String> {
+    if !wanted(ctx, node) {
+        return None;
+    }
+    let slot = slot_name(ctx.node_name(node));
+    let r = ctx.sessions[primary]
+        .lock()
+        .await
+        .create_slot(&slot, Duration::from_secs(5))
+        .await;
+    count(ctx, "create", &slot, &r);
+    r.ok().map(|_| slot)
+}
+
+/// Every standby's slot on a just-promoted primary, before they are re-pointed at it.
+pub async fn ensure_all(ctx: &Ctx, primary: usize) {
+    for node in (0..ctx.cfg.nodes.len()).filter(|&n| n != primary) {
+        ensure_for(ctx, primary, node).await;
+    }
+}
+
+/// A fresh slot for a node about to be rebuilt: one that was invalidated by the guard holds no
+/// WAL, and a new one reserves WAL from before the base backup starts.
+pub async fn reset_for(ctx: &Ctx, primary: usize, node: usize) -> Option<String> {
+    if !wanted(ctx, node) {
+        return None;
+    }
+    let slot = slot_name(ctx.node_name(node));
+    let r = ctx.sessions[primary]
+        .lock()
+        .await
+        .drop_slot(&slot, Duration::from_secs(5))
+        .await;
+    count(ctx, "drop", &slot, &r);
+    ensure_for(ctx, primary, node).await
+}
+
+/// Whether the guard made the primary give up WAL that `node`'s slot held: the node cannot catch
+/// up by streaming any more.
+pub async fn lost(ctx: &Ctx, primary: usize, node: usize) -> bool {
+    if !ctx.cfg.replication_slots {
+        return false;
+    }
+    let slot = slot_name(ctx.node_name(node));
+    let slots = ctx.sessions[primary]
+        .lock()
+        .await
+        .slots(PREFIX, Duration::from_secs(5))
+        .await;
+    slots
+        .map(|all| all.iter().any(|s| s.name == slot && s.wal_status == "lost"))
+        .unwrap_or(false)
+}
+
+/// Drops the sidecar's slots on a node that is now a standby: left from its time as primary,
+/// they would make it keep WAL nobody reads.
+pub async fn drop_local(ctx: &Ctx, node: usize) {
+    let mut session = ctx.sessions[node].lock().await;
+    let Ok(stale) = session.slots(PREFIX, Duration::from_secs(5)).await else {
+        return;
+    };
+    for s in stale.into_iter().filter(|s| !s.active) {
+        if let Ok(true) = session.drop_slot(&s.name, Duration::from_secs(5)).await {
+            tracing::info!(node = %ctx.node_name(node), slot = %s.name, "stale replication slot of its time as primary dropped");
+        }
+    }
+}
+
+fn wanted(ctx: &Ctx, node: usize) -> bool {
+    ctx.cfg.replication_slots && !ctx.with_state(|s| s.foreign.contains(&node))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(id: usize, wanted: bool, streaming: bool) -> SlotNode {
+        SlotNode {
+            id,
+            slot: slot_name(&format!("pg-{id}")),
+            wanted,
+            streaming,
+        }
+    }
+
+    fn slot(name: &str, active: bool) -> Slot {
+        Slot {
+            name: name.into(),
+            active,
+            wal_status: "reserved".into(),
+            retained_bytes: Some(0),
+        }
+    }
+
+    #[test]
+    fn names_are_valid_slot_names() {
+        assert_eq!(slot_name("pg-1"), "sidecar_pg_1");
+        assert_eq!(slot_name("DB.Node"), "sidecar_db_node");
+        assert_eq!(slot_name(&"x".repeat(100)).len(), 63);
+    }
+
+    #[test]
+    fn creates_missing_slots_even_for_absent_standbys() {
+        let nodes = [node(1, true, true), node(2, true, false)];
+        let existing = [slot("sidecar_pg_1", true)];
+        assert_eq!(
+            plan(&nodes, &existing),
+            vec![SlotAction::Create {
+                slot: "sidecar_pg_2".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn drops_only_idle_slots_of_nobody() {
+        let nodes = [node(1, true, true)];
+        let existing = [
+            slot("sidecar_pg_1", true),
+            slot("sidecar_pg_0", false),
+            slot("sidecar_pg_9", true),
+        ];
+        assert_eq!(
+            plan(&nodes, &existing),
+            vec![SlotAction::Drop {
+                slot: "sidecar_pg_0".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn repoints_a_streaming_standby_that_does_not_use_its_slot() {
+        let nodes = [node(1, true, true), node(2, true, false)];
+        let existing = [slot("sidecar_pg_1", false), slot("sidecar_pg_2", false)];
+        assert_eq!(
+            plan(&nodes, &existing),
+            vec![SlotAction::Repoint { node: 1 }]
+        );
+    }
+
+    #[test]
+    fn slots_turned_off_release_then_drop() {
+        let nodes = [node(1, false, true), node(2, false, false)];
+        let existing = [slot("sidecar_pg_1", true), slot("sidecar_pg_2", false)];
+        assert_eq!(
+            plan(&nodes, &existing),
+            vec![
+                SlotAction::Repoint { node: 1 },
+                SlotAction::Drop {
+                    slot: "sidecar_pg_2".into()
+                }
+            ]
+        );
+    }
+
+    #[test]
+    fn guard_in_whole_megabytes() {
+        assert_eq!(guard_setting(None), "-1");
+        assert_eq!(guard_setting(Some(1 << 30)), "1024");
+        assert_eq!(guard_setting(Some((64 << 20) + 1)), "65");
+    }
+}
