@@ -78,15 +78,26 @@ pg_controldata -D "$PGDATA" | sed -n 's/^Database system identifier: *//p' | sed
 pg_controldata -D "$PGDATA" | sed -n 's/^Database cluster state: *//p' | sed 's/^/state=/'
 "#;
 
-/// Rewinds PGDATA onto the primary's timeline. PostgreSQL 13+ pg_rewind first runs crash
-/// recovery in single-user mode when the node was killed, so a fenced (SIGKILLed) old primary
-/// can be rewound directly.
+/// Rewinds PGDATA onto the primary's timeline. A fenced (SIGKILLed) old primary needs crash
+/// recovery first, done here in single-user mode.
 const REWIND_SCRIPT: &str = r#"
 set -euo pipefail
 echo "rewinding $PGDATA from $SOURCE_HOST:$SOURCE_PORT"
 # The node's container is stopped (checked before this job runs), so a postmaster.pid left by
 # the SIGKILL is stale; pg_rewind's single-user crash recovery would otherwise refuse to start.
 rm -f "$PGDATA/postmaster.pid"
+# pg_rewind needs the node's own WAL back to the last checkpoint both timelines share. Its own
+# crash recovery ends with a checkpoint that may recycle exactly that WAL (everything older than
+# wal_keep_size, when the node was killed after much WAL without a completed checkpoint), so the
+# crash recovery is done here first, keeping every WAL file.
+state=$(pg_controldata -D "$PGDATA" | sed -n 's/^Database cluster state: *//p')
+case "$state" in
+  "shut down"|"shut down in recovery") ;;
+  *)
+    echo "crash recovery first (cluster state: $state), keeping all WAL"
+    postgres --single -F -D "$PGDATA" -c wal_keep_size=1000000 -c archive_mode=off template1 </dev/null 2>&1
+    ;;
+esac
 pg_rewind -D "$PGDATA" --source-server="host=$SOURCE_HOST port=$SOURCE_PORT user=$SOURCE_USER dbname=postgres" 2>&1
 printf '%s\n' "$STANDBY_CONF" >> "$PGDATA/postgresql.auto.conf"
 touch "$PGDATA/standby.signal"
@@ -109,7 +120,7 @@ echo "rebuilding $PGDATA from $SOURCE_HOST:$SOURCE_PORT"
 # Nothing is deleted unless the source answers: a node cut off from the primary keeps its data.
 pg_isready -h "$SOURCE_HOST" -p "$SOURCE_PORT" -t 15
 find "$PGDATA" -mindepth 1 -delete
-pg_basebackup -h "$SOURCE_HOST" -p "$SOURCE_PORT" -U "$REPLICATION_USER" -D "$PGDATA" \
+pg_basebackup -h "$SOURCE_HOST" -p "$SOURCE_PORT" -U "$SOURCE_USER" -D "$PGDATA" \
   -X stream -c fast --no-password --progress --verbose 2>&1 | tr '\r' '\n' | grep -v '^$' | tail -n 20
 test -s "$PGDATA/PG_VERSION"
 printf '%s\n' "$STANDBY_CONF" >> "$PGDATA/postgresql.auto.conf"
@@ -374,6 +385,25 @@ fn standby_conf(ctx: &Ctx, node: usize, primary: usize, slot: Option<&str>) -> S
     )
 }
 
+/// The environment of a job that copies from `primary` as `user` and leaves `node` a standby of
+/// it. Values travel in the environment, never spliced into the script.
+fn source_env(
+    ctx: &Ctx,
+    node: usize,
+    primary: usize,
+    user: (&str, &crate::config::Secret),
+    slot: Option<&str>,
+) -> Vec<String> {
+    let p = &ctx.cfg.nodes[primary];
+    vec![
+        format!("SOURCE_HOST={}", p.host),
+        format!("SOURCE_PORT={}", p.port),
+        format!("SOURCE_USER={}", user.0),
+        format!("PGPASSWORD={}", user.1.expose()),
+        format!("STANDBY_CONF={}", standby_conf(ctx, node, primary, slot)),
+    ]
+}
+
 /// Runs a job that leaves a standby's data directory behind, then: start, stream, attach.
 async fn standby_job(
     ctx: &Arc<Ctx>,
@@ -426,18 +456,15 @@ async fn rewind(
         .query("CHECKPOINT", Duration::from_secs(60))
         .await
         .map_err(|e| RecoveryError::Checkpoint(e.to_string()))?;
-    let p = &ctx.cfg.nodes[primary];
     let slot = crate::slots::ensure_for(ctx, primary, node).await;
-    let env = vec![
-        format!("SOURCE_HOST={}", p.host),
-        format!("SOURCE_PORT={}", p.port),
-        format!("SOURCE_USER={}", ctx.cfg.superuser),
-        format!("PGPASSWORD={}", ctx.cfg.superuser_password.expose()),
-        format!(
-            "STANDBY_CONF={}",
-            standby_conf(ctx, node, primary, slot.as_deref())
-        ),
-    ];
+    // pg_rewind reads the source's catalog: the superuser, not the replication role.
+    let env = source_env(
+        ctx,
+        node,
+        primary,
+        (&ctx.cfg.superuser, &ctx.cfg.superuser_password),
+        slot.as_deref(),
+    );
     let out = standby_job(
         ctx,
         node,
@@ -467,18 +494,14 @@ async fn rebuild(
 ) -> Result<(), RecoveryError> {
     let name = ctx.node_name(node).to_string();
     tracing::warn!(node = %name, "rebuilding node from the primary (its data is discarded)");
-    let p = &ctx.cfg.nodes[primary];
     let slot = crate::slots::reset_for(ctx, primary, node).await;
-    let env = vec![
-        format!("SOURCE_HOST={}", p.host),
-        format!("SOURCE_PORT={}", p.port),
-        format!("REPLICATION_USER={}", ctx.cfg.replication_user),
-        format!("PGPASSWORD={}", ctx.cfg.replication_password.expose()),
-        format!(
-            "STANDBY_CONF={}",
-            standby_conf(ctx, node, primary, slot.as_deref())
-        ),
-    ];
+    let env = source_env(
+        ctx,
+        node,
+        primary,
+        (&ctx.cfg.replication_user, &ctx.cfg.replication_password),
+        slot.as_deref(),
+    );
     standby_job(
         ctx,
         node,

@@ -6,8 +6,8 @@
 //! Reads: the primary's `pg_replication_slots` (only slots named `sidecar_…`) and its
 //! `max_slot_wal_keep_size`, once per reconcile pass. Changes: creates slots for the configured
 //! standbys, drops ours that belong to no standby any more (removed nodes, the primary's own),
-//! sets the guard, re-points a streaming standby that does not use its slot; on a promotion the
-//! new primary gets every slot before the standbys are re-pointed at it; a node about to be
+//! sets the guard, re-points a streaming standby that does not use its slot; on a promotion each
+//! standby's slot is made on the new primary as it is re-pointed there; a node about to be
 //! rebuilt gets a fresh slot; a node that became a standby loses the stale slots it held as a
 //! primary (pg_rewind keeps them, and they would hold WAL back on it).
 
@@ -226,13 +226,6 @@ pub async fn ensure_for(ctx: &Ctx, primary: usize, node: usize) -> Option<String
         .await;
     count(ctx, "create", &slot, &r);
     r.ok().map(|_| slot)
-}
-
-/// Every standby's slot on a just-promoted primary, before they are re-pointed at it.
-pub async fn ensure_all(ctx: &Ctx, primary: usize) {
-    for node in (0..ctx.cfg.nodes.len()).filter(|&n| n != primary) {
-        ensure_for(ctx, primary, node).await;
-    }
 }
 
 /// A fresh slot for a node about to be rebuilt: one that was invalidated by the guard holds no

@@ -85,10 +85,9 @@ async fn failed_standby_comes_back_and_is_reattached_with_the_writes_it_missed()
     assert_eq!(c.pool_primary().await.as_deref(), Some("pg-0"));
 }
 
-#[tokio::test]
-async fn failed_primary_is_rewound_into_a_standby_and_loses_only_its_unreplicated_tail() {
-    let c = ready("rewind", &[]).await;
-    // Both standbys stop receiving, then rows are committed on the primary alone: its tail.
+/// Cuts both standbys off, commits rows 900001..900010 on pg-0 alone (its un-replicated tail),
+/// kills pg-0 and waits for the first write through the new primary, which it returns.
+async fn diverge_and_kill_the_primary(c: &Cluster) -> String {
     for s in ["pg-1", "pg-2"] {
         let cl = c.node(s).await.unwrap();
         query(&cl, "ALTER SYSTEM SET primary_conninfo = ''")
@@ -100,7 +99,7 @@ async fn failed_primary_is_rewound_into_a_standby_and_loses_only_its_unreplicate
         "standbys stop streaming",
         Duration::from_secs(10),
         || async {
-            (!streams_from(&c, "pg-0", "pg-1").await && !streams_from(&c, "pg-0", "pg-2").await)
+            (!streams_from(c, "pg-0", "pg-1").await && !streams_from(c, "pg-0", "pg-2").await)
                 .then_some(())
         },
     )
@@ -114,7 +113,71 @@ async fn failed_primary_is_rewound_into_a_standby_and_loses_only_its_unreplicate
     .unwrap();
     c.docker(&["kill", &c.container("pg-0")]);
     c.write_until_ok(1, Duration::from_secs(30)).await;
-    let new = c.pool_primary().await.expect("new primary");
+    c.pool_primary().await.expect("new primary")
+}
+
+#[tokio::test]
+async fn killed_primary_with_more_wal_since_its_checkpoint_than_wal_keep_size_is_still_rewound() {
+    // No slots on the old primary: only wal_keep_size (256MB) would keep its WAL.
+    let c = ready(
+        "rewindwal",
+        &[
+            ("SIDECAR_REPLICATION_SLOTS", "false"),
+            ("SIDECAR_AUTO_REJOIN", "false"),
+        ],
+    )
+    .await;
+    let pg0 = c.node("pg-0").await.unwrap();
+    query(&pg0, "CHECKPOINT").await.unwrap();
+    query(
+        &pg0,
+        "CREATE TABLE shared_filler AS SELECT g, repeat(md5(g::text), 30) AS pad \
+         FROM generate_series(1, 300000) g",
+    )
+    .await
+    .unwrap();
+    let since = count_on(
+        &c,
+        "pg-0",
+        "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), redo_lsn)::bigint FROM pg_control_checkpoint()",
+    )
+    .await
+    .and_then(|v| v.parse::<i64>().ok())
+    .unwrap();
+    eprintln!("WAL since the old primary's last checkpoint: {since} bytes");
+    assert!(since > 256 << 20, "{since}");
+    wait_for(
+        "both standbys replay the filler",
+        Duration::from_secs(60),
+        || async {
+            let n = count_on(
+                &c,
+                "pg-0",
+                "SELECT count(*) FROM pg_stat_replication WHERE replay_lsn >= pg_current_wal_lsn()",
+            )
+            .await?;
+            (n == "2").then_some(())
+        },
+    )
+    .await;
+    let new = diverge_and_kill_the_primary(&c).await;
+    let (status, body) = c.post("/nodes/pg-0/recover", Some(API_TOKEN)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["method"], "rewind", "{body}");
+    eprintln!("old primary with {since} bytes of WAL since its checkpoint: {body}");
+    wait_rejoined(&c, &new, "pg-0", 1, Duration::from_secs(60)).await;
+    assert_eq!(
+        count_on(&c, "pg-0", "SELECT count(*) FROM shared_filler")
+            .await
+            .as_deref(),
+        Some("300000")
+    );
+}
+
+#[tokio::test]
+async fn failed_primary_is_rewound_into_a_standby_and_loses_only_its_unreplicated_tail() {
+    let c = ready("rewind", &[]).await;
+    let new = diverge_and_kill_the_primary(&c).await;
     for i in 2..=20 {
         c.write_until_ok(i, Duration::from_secs(10)).await;
     }
@@ -492,6 +555,26 @@ async fn away_while_primary_writes(c: &Cluster, standby: &str, mb: i64) {
     }
 }
 
+/// Recovers pg-2 after [`away_while_primary_writes`]: by `method`, ending streaming, attached
+/// and holding everything written meanwhile.
+async fn recover_returning_standby(c: &Cluster, method: &str, what: &str) {
+    let t = Instant::now();
+    let (status, body) = c.post("/nodes/pg-2/recover", Some(API_TOKEN)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["method"], method, "{body}");
+    wait_rejoined(c, "pg-0", "pg-2", 50, Duration::from_secs(60)).await;
+    eprintln!(
+        "standby away for 100 MB of WAL, {what}: streaming and attached in {:.2} s: {body}",
+        t.elapsed().as_secs_f64()
+    );
+    assert_eq!(
+        count_on(c, "pg-2", "SELECT count(*) FROM filler")
+            .await
+            .as_deref(),
+        Some("100000")
+    );
+}
+
 #[tokio::test]
 async fn standby_away_catches_up_through_its_slot_and_stray_slots_are_dropped() {
     let c = ready("slotkeep", &[("SIDECAR_AUTO_REJOIN", "false")]).await;
@@ -568,21 +651,7 @@ async fn standby_away_catches_up_through_its_slot_and_stray_slots_are_dropped() 
         Some(0.0)
     );
 
-    let t = Instant::now();
-    let (status, body) = c.post("/nodes/pg-2/recover", Some(API_TOKEN)).await;
-    assert_eq!(status, 200, "{body}");
-    assert_eq!(body["method"], "attach", "{body}");
-    wait_rejoined(&c, "pg-0", "pg-2", 50, Duration::from_secs(60)).await;
-    eprintln!(
-        "standby away for 100 MB of WAL back by its slot in {:.2} s: {body}",
-        t.elapsed().as_secs_f64()
-    );
-    assert_eq!(
-        count_on(&c, "pg-2", "SELECT count(*) FROM filler")
-            .await
-            .as_deref(),
-        Some("100000")
-    );
+    recover_returning_standby(&c, "attach", "back through its slot").await;
     wait_for(
         "pg-2 streams through its slot again",
         Duration::from_secs(15),
@@ -644,21 +713,7 @@ async fn standby_away_past_the_slot_guard_is_rebuilt() {
     )
     .await;
 
-    let t = Instant::now();
-    let (status, body) = c.post("/nodes/pg-2/recover", Some(API_TOKEN)).await;
-    assert_eq!(status, 200, "{body}");
-    assert_eq!(body["method"], "rebuild", "{body}");
-    wait_rejoined(&c, "pg-0", "pg-2", 50, Duration::from_secs(60)).await;
-    eprintln!(
-        "standby past the slot guard rebuilt in {:.2} s: {body}",
-        t.elapsed().as_secs_f64()
-    );
-    assert_eq!(
-        count_on(&c, "pg-2", "SELECT count(*) FROM filler")
-            .await
-            .as_deref(),
-        Some("100000")
-    );
+    recover_returning_standby(&c, "rebuild", "past the slot guard, rebuilt").await;
     assert!(c
         .logs("pgpool")
         .contains("max_slot_wal_keep_size was exceeded"));

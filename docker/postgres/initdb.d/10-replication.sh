@@ -37,8 +37,10 @@ pgpool_sidecar_repl_setup() {
     printf '\n%s\nhost replication all all %s\n' "$marker" "$auth" >>"$pgdata/pg_hba.conf" || return 1
   fi
   if ! grep -qxF "$marker" "$pgdata/postgresql.conf"; then
-    # wal_log_hints: pg_rewind works without data checksums. The others take effect when the
-    # entrypoint starts the real server after the init scripts.
+    # wal_log_hints: pg_rewind works without data checksums. max_connections: pgpool's children
+    # and pools need more than the default 100; set here rather than with `-c` on the command
+    # line, where every reload would log it as an error in the file. The others take effect when
+    # the entrypoint starts the real server after the init scripts.
     cat >>"$pgdata/postgresql.conf" <<CONF || return 1
 
 $marker
@@ -48,6 +50,7 @@ max_wal_senders = 16
 max_replication_slots = 16
 hot_standby = on
 wal_keep_size = '256MB'
+max_connections = 200
 CONF
   fi
   echo "10-replication.sh: replication settings added to $pgdata" >&2
