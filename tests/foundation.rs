@@ -182,17 +182,7 @@ async fn cluster_comes_up_replicates_exports_metrics_and_stops_cleanly() {
     .await;
     // The scraped gauge, and the design's name through the image's recording rule.
     for series in ["pgpool_sidecar_primaries", "pgpool_sidecar_primary_count"] {
-        let value = wait_for(series, Duration::from_secs(30), || {
-            let prom = prom.clone();
-            async move {
-                let url = format!("{prom}/api/v1/query?query={series}");
-                let v: serde_json::Value = reqwest::get(url).await.ok()?.json().await.ok()?;
-                v["data"]["result"][0]["value"][1]
-                    .as_str()
-                    .map(str::to_string)
-            }
-        })
-        .await;
+        let value = wait_for(series, Duration::from_secs(30), || c.prom_query(series)).await;
         assert_eq!(value, "1", "{series}");
     }
 

@@ -662,14 +662,15 @@ async fn standby_away_catches_up_through_its_slot_and_stray_slots_are_dropped() 
 
 #[tokio::test]
 async fn standby_away_past_the_slot_guard_is_rebuilt() {
-    let c = ready(
-        "slotguard",
-        &[
-            ("SIDECAR_AUTO_REJOIN", "false"),
-            ("SIDECAR_MAX_SLOT_WAL_KEEP_SIZE", "32MB"),
-        ],
-    )
-    .await;
+    // With the monitoring profile: a real Prometheus scrapes the lost slot and raises the alert.
+    let c = Cluster::new("slotguard")
+        .env("SIDECAR_AUTO_REJOIN", "false")
+        .env("SIDECAR_MAX_SLOT_WAL_KEEP_SIZE", "32MB")
+        .profile("monitoring")
+        .up()
+        .await;
+    c.wait_pool("pg-0", &ALL, Duration::from_secs(120)).await;
+    c.create_acked_table().await;
     wait_for(
         "pg-2 streams through its slot",
         Duration::from_secs(30),
@@ -713,6 +714,22 @@ async fn standby_away_past_the_slot_guard_is_rebuilt() {
     )
     .await;
 
+    let scraped = wait_for(
+        "Prometheus scrapes the lost slot",
+        Duration::from_secs(60),
+        || async {
+            c.prom_query("pgpool_sidecar_replication_slot_wal_status{node=\"2\",status=\"lost\"}")
+                .await
+                .filter(|v| v == "1")
+        },
+    )
+    .await;
+    let alert = wait_for("the slot-lost alert", Duration::from_secs(60), || async {
+        c.prom_query("ALERTS{alertname=\"PgpoolSidecarReplicationSlotLost\",node=\"2\"}")
+            .await
+    })
+    .await;
+    eprintln!("Prometheus: lost slot scraped ({scraped}), alert active ({alert})");
     recover_returning_standby(&c, "rebuild", "past the slot guard, rebuilt").await;
     assert!(c
         .logs("pgpool")

@@ -497,3 +497,22 @@ pub async fn lost_on(node: &Client, acked: &[(i64, Instant)]) -> Vec<i64> {
         .filter(|id| !present.contains(id))
         .collect()
 }
+
+impl Cluster {
+    /// The first value of an instant PromQL query against the monitoring profile's Prometheus.
+    pub async fn prom_query(&self, promql: &str) -> Option<String> {
+        let url = format!("http://127.0.0.1:{}/api/v1/query", self.prometheus_port);
+        let v: serde_json::Value = reqwest::Client::new()
+            .get(url)
+            .query(&[("query", promql)])
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        v["data"]["result"][0]["value"][1]
+            .as_str()
+            .map(str::to_string)
+    }
+}
