@@ -886,6 +886,27 @@ impl Checker {
         let replication_slots = self
             .opt("REPLICATION_SLOTS", raw.replication_slots, parse_bool)
             .unwrap_or(true);
+        if let (true, Some(nodes)) = (replication_slots, node_list) {
+            // Two standbys sharing a slot would take turns failing to stream.
+            let mut seen = BTreeMap::new();
+            for n in nodes {
+                let slot = crate::slots::slot_name(&n.host);
+                // (Equal hosts are reported, or allowed with distinct ports, elsewhere.)
+                let clash = seen
+                    .insert(slot.clone(), n.host.clone())
+                    .filter(|other| *other != n.host);
+                if let Some(other) = clash {
+                    self.problem(
+                        "NODES",
+                        format!(
+                            "hosts {other:?} and {:?} would share the replication slot {slot:?}; \
+                             rename one, or set PGPOOL_SIDECAR_REPLICATION_SLOTS=false",
+                            n.host
+                        ),
+                    );
+                }
+            }
+        }
         let max_slot_wal_keep_size = self
             .opt(
                 "MAX_SLOT_WAL_KEEP_SIZE",
@@ -1850,6 +1871,11 @@ mod tests {
         ]));
         assert!(!c.replication_slots);
         assert_eq!(c.max_slot_wal_keep_size, None);
+        assert_one(
+            with(&[("PGPOOL_SIDECAR_NODES", "pg-1,pg_1")]),
+            "PGPOOL_SIDECAR_NODES",
+            "share the replication slot \"sidecar_pg_1\"",
+        );
         let c = ok(with(&[("PGPOOL_SIDECAR_MAX_SLOT_WAL_KEEP_SIZE", "64MB")]));
         assert_eq!(c.max_slot_wal_keep_size, Some(64 << 20));
         for value in ["0", "512kB", "lots", "-2"] {

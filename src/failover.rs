@@ -232,6 +232,9 @@ async fn run(ctx: &Arc<Ctx>, old: usize) -> Result<usize, FailoverError> {
         s.node_state.insert(candidate, NodeState::Primary);
     });
 
+    // Every standby's slot on the new primary before WAL of the new timeline can be recycled.
+    crate::slots::on_promotion(ctx, candidate).await;
+
     // 4. Keep synchronous replication right: name only the nodes that can still stream.
     let live: Vec<usize> = view
         .nodes

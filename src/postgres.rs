@@ -21,7 +21,12 @@ pub enum PgError {
     #[error("node {node} did not answer within {millis} ms")]
     TimedOut { node: String, millis: u128 },
     #[error("query on node {node} failed: {message}")]
-    Query { node: String, message: String },
+    Query {
+        node: String,
+        message: String,
+        /// SQLSTATE, when the server sent one.
+        code: Option<String>,
+    },
     #[error("connection to node {node} broke: {message}")]
     Connection { node: String, message: String },
     #[error("node {node} returned an unexpected answer: {message}")]
@@ -113,6 +118,15 @@ pub fn format_lsn(lsn: u64) -> String {
 /// Quotes a value for a libpq connection string.
 pub fn conninfo_quote(v: &str) -> String {
     format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+/// "duplicate_object": the slot exists already.
+const SQLSTATE_DUPLICATE_OBJECT: &str = "42710";
+
+/// Quotes a value for `postgresql.conf` / `postgresql.auto.conf`, where a backslash starts an
+/// escape (unlike a standard SQL literal).
+pub fn conf_literal(v: &str) -> String {
+    format!("'{}'", v.replace('\\', "\\\\").replace('\'', "''"))
 }
 
 /// Quotes a SQL string literal.
@@ -237,6 +251,7 @@ impl Session {
                         .as_db_error()
                         .map(|d| d.message().to_string())
                         .unwrap_or_else(|| e.to_string()),
+                    code: e.code().map(|c| c.code().to_string()),
                 })
             }
             Err(_) => {
@@ -360,6 +375,10 @@ impl Session {
         slot: Option<&str>,
         timeout: Duration,
     ) -> Result<(), PgError> {
+        // A failing statement is logged by the server with its text, and this one holds the
+        // replication password.
+        self.query("SET log_min_error_statement = panic", timeout)
+            .await?;
         self.query(
             &format!(
                 "ALTER SYSTEM SET primary_conninfo = {}",
@@ -443,7 +462,11 @@ impl Session {
         );
         match self.query(&sql, timeout).await {
             // Created meanwhile by another task (failover and the reconcile pass both ensure).
-            Err(PgError::Query { message, .. }) if message.contains("already exists") => Ok(false),
+            Err(PgError::Query { code, .. })
+                if code.as_deref() == Some(SQLSTATE_DUPLICATE_OBJECT) =>
+            {
+                Ok(false)
+            }
             other => other.map(|rows| !rows.is_empty()),
         }
     }
@@ -502,6 +525,7 @@ mod tests {
         assert_eq!(conninfo_quote("a'b\\c"), "'a\\'b\\\\c'");
         assert_eq!(sql_literal("it's"), "'it''s'");
         assert_eq!(sql_ident("pg\"1"), "\"pg\"\"1\"");
+        assert_eq!(conf_literal("a'b\\c"), "'a''b\\\\c'");
     }
 
     #[test]

@@ -28,6 +28,8 @@ pub struct Probes {
     /// When each standby was last re-pointed for its slot: at most once per
     /// [`SLOT_REPOINT_EVERY`], so a standby that cannot use its slot is not reloaded every pass.
     slot_repointed: Vec<Option<std::time::Instant>>,
+    /// The last problem with the slot guard, so it is logged once, not every pass.
+    guard_problem: Option<String>,
 }
 
 const SLOT_REPOINT_EVERY: Duration = Duration::from_secs(30);
@@ -40,6 +42,7 @@ impl Probes {
             failures: vec![0; n],
             not_streaming: vec![0; n],
             slot_repointed: vec![None; n],
+            guard_problem: None,
         }
     }
 }
@@ -306,7 +309,12 @@ async fn keep_slots(ctx: &Arc<Ctx>, probes: &mut Probes, view: &ClusterView) {
     let Some(primary) = view.primary else { return };
     // After a promotion this view's primary is the old one: nobody may be re-pointed at it.
     let current = |ctx: &Ctx| ctx.with_state(|s| s.generation) == view.generation;
-    if view.nodes.get(primary).is_none_or(|n| n.pg.is_none()) || !current(ctx) {
+    let writable = view
+        .nodes
+        .get(primary)
+        .and_then(|n| n.pg.as_ref())
+        .is_some_and(|pg| !pg.in_recovery);
+    if !writable || !current(ctx) {
         return;
     }
     let streaming = view
@@ -316,21 +324,36 @@ async fn keep_slots(ctx: &Arc<Ctx>, probes: &mut Probes, view: &ClusterView) {
         .map(|n| n.id)
         .collect();
     let session = &mut probes.sessions[primary];
-    let repoint = match slots::keep(ctx, session, primary, &streaming).await {
-        Ok(r) => r,
+    let kept = match slots::keep(ctx, session, primary, &streaming).await {
+        Ok(k) => k,
         Err(e) => {
             tracing::debug!(error = %e, "cannot read the primary's replication slots");
             return;
         }
     };
-    let now = std::time::Instant::now();
-    for node in repoint {
-        let due = probes.slot_repointed[node].is_none_or(|t| now >= t + SLOT_REPOINT_EVERY);
-        if due && current(ctx) {
-            probes.slot_repointed[node] = Some(now);
-            tracing::info!(node = %ctx.node_name(node), "standby does not use its replication slot; re-pointing it");
-            failover::repoint(ctx, node, primary).await;
+    if kept.guard_problem != probes.guard_problem {
+        if let Some(p) = &kept.guard_problem {
+            tracing::warn!(problem = %p, "replication slot guard not in force");
         }
+        probes.guard_problem = kept.guard_problem;
+    }
+    let now = std::time::Instant::now();
+    for node in kept.repoint {
+        let due = probes.slot_repointed[node].is_none_or(|t| now >= t + SLOT_REPOINT_EVERY);
+        if !due {
+            continue;
+        }
+        // Under the failover lock, re-checked: a promotion between the check above and the
+        // ALTER SYSTEM would otherwise be undone for this standby.
+        let Ok(_guard) = ctx.failover_lock.try_lock() else {
+            return;
+        };
+        if !current(ctx) {
+            return;
+        }
+        probes.slot_repointed[node] = Some(now);
+        tracing::info!(node = %ctx.node_name(node), "standby does not use its replication slot; re-pointing it");
+        failover::repoint(ctx, node, primary).await;
     }
 }
 

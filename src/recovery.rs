@@ -20,7 +20,7 @@ use serde::Serialize;
 
 use crate::docker::{ContainerInfo, DockerError};
 use crate::pgpool::control::PgpoolError;
-use crate::postgres::sql_literal;
+use crate::postgres::conf_literal;
 use crate::state::{Ctx, NodeState};
 
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +94,13 @@ state=$(pg_controldata -D "$PGDATA" | sed -n 's/^Database cluster state: *//p')
 case "$state" in
   "shut down"|"shut down in recovery") ;;
   *)
+    # A standby stopped mid-recovery: single-user mode refuses standby mode, and finishing its
+    # recovery as a crash recovery would write WAL its primary does not have. Only a rebuild
+    # is sure to be right (rung 1, restarting it as a standby, came before this).
+    if [ -e "$PGDATA/standby.signal" ] || [ -e "$PGDATA/recovery.signal" ]; then
+      echo "standby interrupted in recovery (cluster state: $state): not rewindable"
+      exit 3
+    fi
     echo "crash recovery first (cluster state: $state), keeping all WAL"
     postgres --single -F -D "$PGDATA" -c wal_keep_size=1000000 -c archive_mode=off template1 </dev/null 2>&1
     ;;
@@ -380,8 +387,8 @@ async fn identify(ctx: &Ctx, container: &ContainerInfo) -> Result<String, Recove
 fn standby_conf(ctx: &Ctx, node: usize, primary: usize, slot: Option<&str>) -> String {
     format!(
         "primary_conninfo = {}\nprimary_slot_name = {}",
-        sql_literal(&ctx.conninfo_for(node, primary)),
-        sql_literal(slot.unwrap_or(""))
+        conf_literal(&ctx.conninfo_for(node, primary)),
+        conf_literal(slot.unwrap_or(""))
     )
 }
 

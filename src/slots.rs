@@ -6,8 +6,8 @@
 //! Reads: the primary's `pg_replication_slots` (only slots named `sidecar_…`) and its
 //! `max_slot_wal_keep_size`, once per reconcile pass. Changes: creates slots for the configured
 //! standbys, drops ours that belong to no standby any more (removed nodes, the primary's own),
-//! sets the guard, re-points a streaming standby that does not use its slot; on a promotion each
-//! standby's slot is made on the new primary as it is re-pointed there; a node about to be
+//! sets the guard, re-points a streaming standby that does not use its slot; on a promotion the
+//! new primary's stale slots go and every standby's slot is made there at once; a node about to be
 //! rebuilt gets a fresh slot; a node that became a standby loses the stale slots it held as a
 //! primary (pg_rewind keeps them, and they would hold WAL back on it).
 
@@ -121,22 +121,31 @@ pub fn slot_nodes(ctx: &Ctx, primary: usize, streaming: &BTreeSet<usize>) -> Vec
         .collect()
 }
 
-/// One reconcile pass over the primary's slots, on the probe loop's session to it. Returns the
-/// nodes to re-point (the caller owns the throttle for that).
+/// What one pass over the primary's slots leaves for the caller, which owns the throttles.
+#[derive(Debug, Default)]
+pub struct Kept {
+    /// Standbys to re-point so that they use their slot (or none).
+    pub repoint: Vec<usize>,
+    /// Why the guard could not be set, if it could not.
+    pub guard_problem: Option<String>,
+}
+
+/// One reconcile pass over the primary's slots, on the probe loop's session to it.
 pub async fn keep(
     ctx: &Ctx,
     session: &mut Session,
     primary: usize,
     streaming: &BTreeSet<usize>,
-) -> Result<Vec<usize>, PgError> {
+) -> Result<Kept, PgError> {
     let timeout = ctx.probe_timeout();
+    let mut kept = Kept::default();
     if ctx.cfg.replication_slots {
-        ensure_guard(ctx, session).await?;
+        // The slots are still kept without it: a standby without its slot cannot catch up.
+        kept.guard_problem = ensure_guard(ctx, session).await.err();
     }
     let existing = session.slots(PREFIX, timeout).await?;
     let nodes = slot_nodes(ctx, primary, streaming);
     record(ctx, &nodes, &existing);
-    let mut repoint = Vec::new();
     for action in plan(&nodes, &existing) {
         match action {
             SlotAction::Create { slot } => {
@@ -147,34 +156,46 @@ pub async fn keep(
                 let r = session.drop_slot(&slot, timeout).await;
                 count(ctx, "drop", &slot, &r);
             }
-            SlotAction::Repoint { node } => repoint.push(node),
+            SlotAction::Repoint { node } => kept.repoint.push(node),
         }
     }
-    Ok(repoint)
+    Ok(kept)
 }
 
-/// Sets the primary's `max_slot_wal_keep_size` to the configured guard when it differs.
-async fn ensure_guard(ctx: &Ctx, session: &mut Session) -> Result<(), PgError> {
+/// Sets the primary's `max_slot_wal_keep_size` to the configured guard when it differs. A value
+/// given on the server's command line outranks ALTER SYSTEM: that is reported, not fought.
+async fn ensure_guard(ctx: &Ctx, session: &mut Session) -> Result<(), String> {
     let timeout = ctx.probe_timeout();
     let want = guard_setting(ctx.cfg.max_slot_wal_keep_size);
     let rows = session
         .query(
-            "SELECT setting FROM pg_settings WHERE name = 'max_slot_wal_keep_size'",
+            "SELECT setting, source FROM pg_settings WHERE name = 'max_slot_wal_keep_size'",
             timeout,
         )
-        .await?;
-    let have = rows.first().and_then(|r| r.get(0)).unwrap_or_default();
-    if have != want {
-        let value = if want == "-1" {
-            want.clone()
-        } else {
-            format!("{want}MB")
-        };
-        session
-            .set_setting("max_slot_wal_keep_size", &value, timeout)
-            .await?;
-        tracing::info!(value = %value, "max_slot_wal_keep_size set on the primary");
+        .await
+        .map_err(|e| e.to_string())?;
+    let row = rows.first();
+    let have = row.and_then(|r| r.get(0)).unwrap_or_default();
+    let source = row.and_then(|r| r.get(1)).unwrap_or_default();
+    if have == want {
+        return Ok(());
     }
+    if !matches!(source, "default" | "configuration file") {
+        return Err(format!(
+            "max_slot_wal_keep_size is {have}MB from the server's {source}, not the configured {want}MB; \
+             remove it there so the sidecar can set it"
+        ));
+    }
+    let value = if want == "-1" {
+        want.clone()
+    } else {
+        format!("{want}MB")
+    };
+    session
+        .set_setting("max_slot_wal_keep_size", &value, timeout)
+        .await
+        .map_err(|e| e.to_string())?;
+    tracing::info!(value = %value, "max_slot_wal_keep_size set on the primary");
     Ok(())
 }
 
@@ -219,14 +240,44 @@ pub async fn ensure_for(ctx: &Ctx, primary: usize, node: usize) -> Option<String
         return None;
     }
     let slot = slot_name(ctx.node_name(node));
-    let r = ctx.sessions[primary]
-        .lock()
+    let mut session = ctx.sessions[primary].lock().await;
+    // One the guard invalidated holds nothing; a fresh one reserves WAL from now on. (The
+    // recovery ladder reads `lost` before it gets here: it is its signal to rebuild.)
+    let lost = session
+        .slots(PREFIX, SLOT_CALL_TIMEOUT)
         .await
-        .create_slot(&slot, Duration::from_secs(5))
-        .await;
+        .is_ok_and(|all| {
+            all.iter()
+                .any(|s| s.name == slot && !s.active && s.wal_status == "lost")
+        });
+    if lost {
+        let r = session.drop_slot(&slot, SLOT_CALL_TIMEOUT).await;
+        count(ctx, "drop", &slot, &r);
+    }
+    let r = session.create_slot(&slot, SLOT_CALL_TIMEOUT).await;
     count(ctx, "create", &slot, &r);
     r.ok().map(|_| slot)
 }
+
+/// A just-promoted primary: slots it kept from an earlier time as primary are stale (their WAL
+/// positions are of another era, maybe `lost`), so the idle ones go; then every standby gets
+/// its slot, the absent ones too, before any WAL of the new timeline could be given up.
+pub async fn on_promotion(ctx: &Ctx, primary: usize) {
+    if ctx.cfg.replication_slots {
+        let mut session = ctx.sessions[primary].lock().await;
+        if let Ok(stale) = session.slots(PREFIX, SLOT_CALL_TIMEOUT).await {
+            for s in stale.iter().filter(|s| !s.active) {
+                let r = session.drop_slot(&s.name, SLOT_CALL_TIMEOUT).await;
+                count(ctx, "drop", &s.name, &r);
+            }
+        }
+    }
+    for node in (0..ctx.cfg.nodes.len()).filter(|&n| n != primary) {
+        ensure_for(ctx, primary, node).await;
+    }
+}
+
+const SLOT_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A fresh slot for a node about to be rebuilt: one that was invalidated by the guard holds no
 /// WAL, and a new one reserves WAL from before the base backup starts.
@@ -238,7 +289,7 @@ pub async fn reset_for(ctx: &Ctx, primary: usize, node: usize) -> Option<String>
     let r = ctx.sessions[primary]
         .lock()
         .await
-        .drop_slot(&slot, Duration::from_secs(5))
+        .drop_slot(&slot, SLOT_CALL_TIMEOUT)
         .await;
     count(ctx, "drop", &slot, &r);
     ensure_for(ctx, primary, node).await
@@ -254,7 +305,7 @@ pub async fn lost(ctx: &Ctx, primary: usize, node: usize) -> bool {
     let slots = ctx.sessions[primary]
         .lock()
         .await
-        .slots(PREFIX, Duration::from_secs(5))
+        .slots(PREFIX, SLOT_CALL_TIMEOUT)
         .await;
     slots
         .map(|all| all.iter().any(|s| s.name == slot && s.wal_status == "lost"))
@@ -265,11 +316,11 @@ pub async fn lost(ctx: &Ctx, primary: usize, node: usize) -> bool {
 /// they would make it keep WAL nobody reads.
 pub async fn drop_local(ctx: &Ctx, node: usize) {
     let mut session = ctx.sessions[node].lock().await;
-    let Ok(stale) = session.slots(PREFIX, Duration::from_secs(5)).await else {
+    let Ok(stale) = session.slots(PREFIX, SLOT_CALL_TIMEOUT).await else {
         return;
     };
     for s in stale.into_iter().filter(|s| !s.active) {
-        if let Ok(true) = session.drop_slot(&s.name, Duration::from_secs(5)).await {
+        if let Ok(true) = session.drop_slot(&s.name, SLOT_CALL_TIMEOUT).await {
             tracing::info!(node = %ctx.node_name(node), slot = %s.name, "stale replication slot of its time as primary dropped");
         }
     }

@@ -212,6 +212,7 @@ async fn run(
         s.last_primary_lsn = None;
         s.node_state.insert(target, NodeState::Primary);
     });
+    crate::slots::on_promotion(ctx, target).await;
     if ctx.cfg.synchronous_standbys > 0 {
         let value = ctx.synchronous_value(target);
         let _ = ctx.sessions[target]
