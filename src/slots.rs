@@ -243,13 +243,9 @@ pub async fn ensure_for(ctx: &Ctx, primary: usize, node: usize) -> Option<String
     let mut session = ctx.sessions[primary].lock().await;
     // One the guard invalidated holds nothing; a fresh one reserves WAL from now on. (The
     // recovery ladder reads `lost` before it gets here: it is its signal to rebuild.)
-    let lost = session
-        .slots(PREFIX, SLOT_CALL_TIMEOUT)
+    let lost = find(&mut session, &slot)
         .await
-        .is_ok_and(|all| {
-            all.iter()
-                .any(|s| s.name == slot && !s.active && s.wal_status == "lost")
-        });
+        .is_some_and(|s| !s.active && s.wal_status == "lost");
     if lost {
         let r = session.drop_slot(&slot, SLOT_CALL_TIMEOUT).await;
         count(ctx, "drop", &slot, &r);
@@ -263,17 +259,21 @@ pub async fn ensure_for(ctx: &Ctx, primary: usize, node: usize) -> Option<String
 /// positions are of another era, maybe `lost`), so the idle ones go; then every standby gets
 /// its slot, the absent ones too, before any WAL of the new timeline could be given up.
 pub async fn on_promotion(ctx: &Ctx, primary: usize) {
-    if ctx.cfg.replication_slots {
-        let mut session = ctx.sessions[primary].lock().await;
-        if let Ok(stale) = session.slots(PREFIX, SLOT_CALL_TIMEOUT).await {
-            for s in stale.iter().filter(|s| !s.active) {
-                let r = session.drop_slot(&s.name, SLOT_CALL_TIMEOUT).await;
-                count(ctx, "drop", &s.name, &r);
-            }
+    if !ctx.cfg.replication_slots {
+        return;
+    }
+    let mut session = ctx.sessions[primary].lock().await;
+    if let Ok(stale) = session.slots(PREFIX, SLOT_CALL_TIMEOUT).await {
+        for s in stale.iter().filter(|s| !s.active) {
+            let r = session.drop_slot(&s.name, SLOT_CALL_TIMEOUT).await;
+            count(ctx, "drop", &s.name, &r);
         }
     }
-    for node in (0..ctx.cfg.nodes.len()).filter(|&n| n != primary) {
-        ensure_for(ctx, primary, node).await;
+    // No idle slot is left, so none can be lost: plain creation, on the one session.
+    for node in (0..ctx.cfg.nodes.len()).filter(|&n| n != primary && wanted(ctx, n)) {
+        let slot = slot_name(ctx.node_name(node));
+        let r = session.create_slot(&slot, SLOT_CALL_TIMEOUT).await;
+        count(ctx, "create", &slot, &r);
     }
 }
 
@@ -302,14 +302,15 @@ pub async fn lost(ctx: &Ctx, primary: usize, node: usize) -> bool {
         return false;
     }
     let slot = slot_name(ctx.node_name(node));
-    let slots = ctx.sessions[primary]
-        .lock()
+    find(&mut *ctx.sessions[primary].lock().await, &slot)
         .await
-        .slots(PREFIX, SLOT_CALL_TIMEOUT)
-        .await;
-    slots
-        .map(|all| all.iter().any(|s| s.name == slot && s.wal_status == "lost"))
-        .unwrap_or(false)
+        .is_some_and(|s| s.wal_status == "lost")
+}
+
+/// The sidecar's slot named `slot` on the session's server, if it answers and has it.
+async fn find(session: &mut Session, slot: &str) -> Option<Slot> {
+    let all = session.slots(PREFIX, SLOT_CALL_TIMEOUT).await.ok()?;
+    all.into_iter().find(|s| s.name == slot)
 }
 
 /// Drops the sidecar's slots on a node that is now a standby: left from its time as primary,
