@@ -179,6 +179,11 @@ impl Session {
         &self.endpoint.name
     }
 
+    /// Closes the cached connection; the next query opens a new one.
+    pub fn disconnect(&mut self) {
+        self.client = None;
+    }
+
     async fn client(&mut self, timeout: Duration) -> Result<&Client, PgError> {
         if self.client.as_ref().is_some_and(|c| c.is_closed()) {
             self.client = None;

@@ -136,12 +136,12 @@ impl Pgpool {
     }
 
     pub async fn show_pool_nodes(&self, timeout: Duration) -> Result<Vec<PoolNode>, PgpoolError> {
-        let rows = self
-            .session
-            .lock()
-            .await
-            .query("SHOW POOL_NODES", timeout)
-            .await?;
+        let mut session = self.session.lock().await;
+        let rows = session.query("SHOW POOL_NODES", timeout).await;
+        // pgpool shows a node attached after a session began as `waiting` to that session for
+        // as long as it lasts: a fresh session per look reports pgpool's real status table.
+        session.disconnect();
+        let rows = rows?;
         rows.iter()
             .map(|r| PoolNode::from_columns(|c| r.try_get(c).ok().flatten()))
             .collect()
