@@ -317,14 +317,8 @@ async fn keep_slots(ctx: &Arc<Ctx>, probes: &mut Probes, view: &ClusterView) {
     if !writable || !current(ctx) {
         return;
     }
-    let streaming = view
-        .nodes
-        .iter()
-        .filter(|n| n.streaming_from_primary && !n.busy)
-        .map(|n| n.id)
-        .collect();
     let session = &mut probes.sessions[primary];
-    let kept = match slots::keep(ctx, session, primary, &streaming).await {
+    let kept = match slots::keep(ctx, session, primary).await {
         Ok(k) => k,
         Err(e) => {
             tracing::debug!(error = %e, "cannot read the primary's replication slots");
@@ -338,7 +332,8 @@ async fn keep_slots(ctx: &Arc<Ctx>, probes: &mut Probes, view: &ClusterView) {
         probes.guard_problem = kept.guard_problem;
     }
     let now = std::time::Instant::now();
-    for node in kept.repoint {
+    let busy = ctx.with_state(|s| s.busy.clone());
+    for node in kept.repoint.into_iter().filter(|n| !busy.contains(n)) {
         let due = probes.slot_repointed[node].is_none_or(|t| now >= t + SLOT_REPOINT_EVERY);
         if !due {
             continue;

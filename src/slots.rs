@@ -131,12 +131,7 @@ pub struct Kept {
 }
 
 /// One reconcile pass over the primary's slots, on the probe loop's session to it.
-pub async fn keep(
-    ctx: &Ctx,
-    session: &mut Session,
-    primary: usize,
-    streaming: &BTreeSet<usize>,
-) -> Result<Kept, PgError> {
+pub async fn keep(ctx: &Ctx, session: &mut Session, primary: usize) -> Result<Kept, PgError> {
     let timeout = ctx.probe_timeout();
     let mut kept = Kept::default();
     if ctx.cfg.replication_slots {
@@ -144,7 +139,17 @@ pub async fn keep(
         kept.guard_problem = ensure_guard(ctx, session).await.err();
     }
     let existing = session.slots(PREFIX, timeout).await?;
-    let nodes = slot_nodes(ctx, primary, streaming);
+    // Who streams is read after the slots, from the same server: a standby that let go of its
+    // slot (an operator cleared its primary_conninfo, say) has no walsender by then, so an
+    // idle slot is never taken for "streams without it" on an older view.
+    let streaming: BTreeSet<usize> = session
+        .replication(timeout)
+        .await?
+        .values()
+        .filter(|r| r.state == "streaming")
+        .filter_map(|r| (0..ctx.cfg.nodes.len()).find(|&n| ctx.node_name(n) == r.application_name))
+        .collect();
+    let nodes = slot_nodes(ctx, primary, &streaming);
     record(ctx, &nodes, &existing);
     for action in plan(&nodes, &existing) {
         match action {
