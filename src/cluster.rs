@@ -33,6 +33,9 @@ pub struct NodeView {
     pub not_streaming_passes: u32,
     /// Bytes the standby has yet to replay, as the primary sees it.
     pub lag_bytes: Option<u64>,
+    /// The id of the node's own container, as last inspected: Docker events of any other
+    /// container (a `docker-compose run` of the same service, a job) are not about this node.
+    pub container_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -44,6 +47,9 @@ pub struct ClusterView {
     pub system_identifier: Option<u64>,
     /// The state generation (primary changes) this view was observed under.
     pub generation: u64,
+    /// The primary's `pg_stat_replication` was read in this pass: then it alone says who
+    /// streams from the primary.
+    pub replication_seen: bool,
 }
 
 /// Settings the rules depend on.
@@ -116,6 +122,123 @@ impl NodeView {
                 | Some(ContainerStatus::Created)
                 | Some(ContainerStatus::Paused)
         )
+    }
+}
+
+impl ClusterView {
+    /// The one definition of a healthy standby: a member of this cluster, in recovery, streaming
+    /// from the primary on the primary's timeline, and neither fenced nor busy. Only such a node
+    /// may be attached to pgpool, started with pgpool, or chosen as a switchover target.
+    pub fn is_healthy_standby(&self, node: usize) -> Result<(), &'static str> {
+        let primary = self.primary.ok_or("no primary is known")?;
+        let n = self.nodes.get(node).ok_or("unknown node")?;
+        if node == primary {
+            return Err("it is the primary");
+        }
+        if n.busy {
+            return Err("a recovery is running on it");
+        }
+        if n.fenced {
+            return Err("it is fenced");
+        }
+        let pg = n.pg.as_ref().ok_or("it does not answer")?;
+        if !n.is_member(self.system_identifier) {
+            return Err("it is not a member of this cluster");
+        }
+        if !pg.in_recovery {
+            return Err("it is not in recovery");
+        }
+        // The primary's pg_stat_replication is the witness; before the primary is adopted
+        // there is none yet, and the standby's own walreceiver is asked.
+        let pname = self.nodes[primary].name.as_str();
+        let own_word =
+            !self.replication_seen && pg.streaming && pg.upstream_host.as_deref() == Some(pname);
+        if !n.streaming_from_primary && !own_word {
+            return Err("it does not stream from the primary");
+        }
+        let primary_tl = self.nodes[primary].pg.as_ref().map(|p| p.timeline);
+        if primary_tl.is_some_and(|tl| tl != pg.timeline) {
+            return Err("it is on another timeline than the primary");
+        }
+        Ok(())
+    }
+}
+
+/// The standbys to re-point at `new_primary` (after a failover or switchover, or when pgpool
+/// asks one to follow): answering members of this cluster in recovery, other than `exclude`
+/// (the old primary). Never a foreign node (another cluster's server), a busy one (a job owns
+/// its data) or a fenced one (it must stay away until recovery takes it back).
+pub fn followers(view: &ClusterView, new_primary: usize, exclude: &[usize]) -> Vec<usize> {
+    view.nodes
+        .iter()
+        .filter(|n| n.id != new_primary && !exclude.contains(&n.id))
+        .filter(|n| !n.busy && !n.fenced)
+        .filter(|n| n.is_member(view.system_identifier))
+        .filter(|n| n.pg.as_ref().is_some_and(|p| p.in_recovery))
+        .map(|n| n.id)
+        .collect()
+}
+
+/// A Docker event, as the rules need it.
+#[derive(Debug, Clone, Default)]
+pub struct EventFacts {
+    pub container_id: String,
+    /// `com.docker.compose.oneoff=True` or a job container.
+    pub oneoff: bool,
+    pub action: String,
+    /// For `kill`: the signal sent.
+    pub signal: Option<String>,
+}
+
+/// What a Docker event asks of the sidecar.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventResponse {
+    /// The primary's own container died: fail over now.
+    Failover { node: usize, reason: String },
+    /// A standby's own container died: take it out of pgpool, never promote anything.
+    StandbyDown { node: usize },
+    /// Something may be wrong (pause, unhealthy, or a container not yet seen): look now, let
+    /// the probes confirm before anything is done.
+    Look,
+    /// Not about a node, or nothing that stops it serving.
+    Ignore,
+}
+
+/// Maps a Docker event to a response. Only an event of a node's *own* container (its id as last
+/// inspected) counts: a `docker-compose run --rm pg-0 …` container carries pg-0's labels, and
+/// its exit must not get the real pg-0 killed. Only death (`die`, `oom`, SIGKILL) acts at once;
+/// `pause` and `unhealthy` are confirmed by the probe loop first.
+pub fn event_response(view: &ClusterView, ev: &EventFacts) -> EventResponse {
+    if ev.oneoff {
+        return EventResponse::Ignore;
+    }
+    let death = match ev.action.as_str() {
+        "die" | "oom" => true,
+        "kill" => matches!(
+            ev.signal.as_deref(),
+            Some("9") | Some("SIGKILL") | Some("KILL")
+        ),
+        "pause" | "health_status: unhealthy" => false,
+        _ => return EventResponse::Ignore,
+    };
+    let Some(node) = view
+        .nodes
+        .iter()
+        .find(|n| n.container_id.as_deref() == Some(ev.container_id.as_str()))
+    else {
+        // A container of the cluster the last pass did not see (just recreated?): look.
+        return EventResponse::Look;
+    };
+    if !death || node.busy || node.fenced {
+        return EventResponse::Look;
+    }
+    if view.primary == Some(node.id) {
+        EventResponse::Failover {
+            node: node.id,
+            reason: format!("Docker event {}", ev.action),
+        }
+    } else {
+        EventResponse::StandbyDown { node: node.id }
     }
 }
 
@@ -227,7 +350,6 @@ pub fn decide(view: &ClusterView, policy: &Policy) -> Vec<Action> {
     if view.nodes[primary].pool == Some(PoolStatus::Down) {
         plan.push(Action::Attach { node: primary });
     }
-    let primary_tl = view.nodes[primary].pg.as_ref().map(|p| p.timeline);
     if let Some(p) = policy
         .preferred_primary
         .filter(|p| policy.auto_failback && *p != primary)
@@ -294,8 +416,7 @@ pub fn decide(view: &ClusterView, policy: &Policy) -> Vec<Action> {
             });
             continue;
         }
-        let healthy = n.streaming_from_primary && Some(pg.timeline) == primary_tl;
-        if healthy && !serving && !n.fenced {
+        if view.is_healthy_standby(n.id).is_ok() && !serving {
             plan.push(Action::Attach { node: n.id });
         }
         if !n.streaming_from_primary && n.not_streaming_passes >= STRAY_PASSES {
@@ -376,6 +497,7 @@ mod tests {
             primary: Some(0),
             system_identifier: Some(SYSID),
             generation: 0,
+            replication_seen: true,
         }
     }
 
@@ -545,5 +667,167 @@ mod tests {
             decide(&v, &policy()),
             vec![Action::AdoptPrimary { node: 1 }]
         );
+    }
+
+    fn with_ids(mut v: ClusterView) -> ClusterView {
+        for n in v.nodes.iter_mut() {
+            n.container_id = Some(format!("c{}", n.id));
+        }
+        v
+    }
+
+    fn event(id: &str, action: &str) -> EventFacts {
+        EventFacts {
+            container_id: id.into(),
+            action: action.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn only_a_nodes_own_container_dying_fails_over() {
+        let v = with_ids(cluster(vec![
+            primary(0, 100),
+            standby(1, 100),
+            standby(2, 100),
+        ]));
+        let table: Vec<(EventFacts, EventResponse)> = vec![
+            (
+                event("c0", "die"),
+                EventResponse::Failover {
+                    node: 0,
+                    reason: "Docker event die".into(),
+                },
+            ),
+            (
+                event("c0", "oom"),
+                EventResponse::Failover {
+                    node: 0,
+                    reason: "Docker event oom".into(),
+                },
+            ),
+            (
+                EventFacts {
+                    signal: Some("SIGKILL".into()),
+                    ..event("c0", "kill")
+                },
+                EventResponse::Failover {
+                    node: 0,
+                    reason: "Docker event kill".into(),
+                },
+            ),
+            // docker stop sends SIGINT first: the die that follows is what counts.
+            (
+                EventFacts {
+                    signal: Some("SIGINT".into()),
+                    ..event("c0", "kill")
+                },
+                EventResponse::Look,
+            ),
+            // A `docker-compose run --rm pg-0 …` container: same labels, other id.
+            (
+                EventFacts {
+                    oneoff: true,
+                    ..event("c0-run", "die")
+                },
+                EventResponse::Ignore,
+            ),
+            // Even with a known id, a one-off flag wins.
+            (
+                EventFacts {
+                    oneoff: true,
+                    ..event("c0", "die")
+                },
+                EventResponse::Ignore,
+            ),
+            // A container of the project the last pass did not see: look, do not act.
+            (event("c9", "die"), EventResponse::Look),
+            (event("c0", "pause"), EventResponse::Look),
+            (event("c0", "health_status: unhealthy"), EventResponse::Look),
+            (event("c0", "start"), EventResponse::Ignore),
+            (event("c2", "die"), EventResponse::StandbyDown { node: 2 }),
+        ];
+        for (ev, want) in table {
+            assert_eq!(event_response(&v, &ev), want, "{ev:?}");
+        }
+    }
+
+    #[test]
+    fn events_of_busy_or_fenced_nodes_only_wake_the_loop() {
+        let mut v = with_ids(cluster(vec![primary(0, 100), standby(1, 100)]));
+        v.nodes[0].busy = true;
+        assert_eq!(event_response(&v, &event("c0", "die")), EventResponse::Look);
+        v.nodes[0].busy = false;
+        v.nodes[1].fenced = true;
+        assert_eq!(event_response(&v, &event("c1", "die")), EventResponse::Look);
+    }
+
+    #[test]
+    fn followers_exclude_foreign_busy_fenced_and_writable_nodes() {
+        let mut foreign = standby(3, 100);
+        foreign.pg.as_mut().unwrap().system_identifier = 42;
+        let mut busy = standby(4, 100);
+        busy.busy = true;
+        let mut fenced = standby(5, 100);
+        fenced.fenced = true;
+        let writable = primary(6, 100);
+        let mut silent = standby(7, 100);
+        silent.pg = None;
+        let v = cluster(vec![
+            primary(0, 100),
+            standby(1, 100),
+            standby(2, 100),
+            foreign,
+            busy,
+            fenced,
+            writable,
+            silent,
+        ]);
+        assert_eq!(followers(&v, 1, &[0]), vec![2]);
+        assert_eq!(followers(&v, 2, &[0]), vec![1]);
+        // Without the old primary excluded it is still not a follower: it is writable.
+        assert_eq!(followers(&v, 1, &[]), vec![2]);
+    }
+
+    #[test]
+    fn one_definition_of_a_healthy_standby() {
+        let v = cluster(vec![primary(0, 100), standby(1, 100)]);
+        assert_eq!(v.is_healthy_standby(1), Ok(()));
+        assert!(v.is_healthy_standby(0).is_err());
+        assert!(v.is_healthy_standby(9).is_err());
+        let cases: Vec<(&str, fn(&mut NodeView))> = vec![
+            ("a recovery is running on it", |n| n.busy = true),
+            ("it is fenced", |n| n.fenced = true),
+            ("it does not answer", |n| n.pg = None),
+            ("it is not a member of this cluster", |n| {
+                n.pg.as_mut().unwrap().system_identifier = 1
+            }),
+            ("it is not in recovery", |n| {
+                n.pg.as_mut().unwrap().in_recovery = false
+            }),
+            ("it does not stream from the primary", |n| {
+                n.streaming_from_primary = false;
+                n.pg.as_mut().unwrap().streaming = false;
+            }),
+            ("it is on another timeline than the primary", |n| {
+                n.pg.as_mut().unwrap().timeline = 2
+            }),
+        ];
+        for (why, spoil) in cases {
+            let mut v = v.clone();
+            spoil(&mut v.nodes[1]);
+            assert_eq!(v.is_healthy_standby(1), Err(why));
+            // The same rule keeps it out of pgpool.
+            v.nodes[1].pool = Some(PoolStatus::Down);
+            assert!(!decide(&v, &policy()).contains(&Action::Attach { node: 1 }));
+        }
+        // Before the primary's replication view exists, the standby's own word counts.
+        let mut v = v.clone();
+        v.nodes[1].streaming_from_primary = false;
+        assert!(v.is_healthy_standby(1).is_err());
+        v.replication_seen = false;
+        assert_eq!(v.is_healthy_standby(1), Ok(()));
+        v.nodes[1].pg.as_mut().unwrap().upstream_host = Some("pg-9".into());
+        assert!(v.is_healthy_standby(1).is_err());
     }
 }

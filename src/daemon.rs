@@ -93,6 +93,10 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         cfg,
     });
 
+    // A job left by a crashed sidecar would otherwise run on beside the one this sidecar may
+    // start on the same volume: none may exist before the first pass.
+    remove_jobs(&ctx, "start").await;
+
     ctx.spawn("http", http::serve(ctx.clone(), listener));
     let hook_path = ctx.cfg.hook_socket.clone();
     let c = ctx.clone();
@@ -107,6 +111,8 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     wait_for_signal().await?;
     tracing::info!("shutting down");
     ctx.cancel.cancel();
+    // Cancelled recovery tasks drop their jobs' futures, not the containers.
+    remove_jobs(&ctx, "shutdown").await;
     ctx.tracker.close();
     if tokio::time::timeout(Duration::from_secs(9), ctx.tracker.wait())
         .await
@@ -117,6 +123,20 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+async fn remove_jobs(ctx: &Ctx, when: &str) {
+    match ctx.docker.remove_all_jobs().await {
+        Ok(0) => {}
+        Ok(n) => tracing::warn!(count = n, when, "removed leftover job containers"),
+        Err(e) => {
+            ctx.metrics
+                .docker_api_errors
+                .with_label_values(&[e.operation()])
+                .inc();
+            tracing::error!(error = %e, when, "cannot remove leftover job containers");
+        }
+    }
 }
 
 async fn wait_for_signal() -> Result<(), DaemonError> {

@@ -30,6 +30,21 @@ pub const PROJECT_LABEL: &str = "com.docker.compose.project";
 pub const SERVICE_LABEL: &str = "com.docker.compose.service";
 /// Label put on every job container, so tests and operators can find leftovers.
 pub const JOB_LABEL: &str = "pgpool-sidecar.job";
+/// The compose project of the cluster a job container works for.
+pub const JOB_CLUSTER_LABEL: &str = "pgpool-sidecar.cluster";
+/// The node a job container works on: at most one job per node may exist.
+pub const JOB_NODE_LABEL: &str = "pgpool-sidecar.node";
+/// Compose marks `docker-compose run` containers with this label (value `True`): they carry
+/// the service's labels but are not the node.
+pub const ONEOFF_LABEL: &str = "com.docker.compose.oneoff";
+
+/// A one-off (`docker-compose run`) or job container: never a node, whatever its labels say.
+pub fn is_oneoff(labels: &HashMap<String, String>) -> bool {
+    labels
+        .get(ONEOFF_LABEL)
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+        || labels.contains_key(JOB_LABEL)
+}
 
 const API_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -44,6 +59,9 @@ pub enum DockerError {
         operation: &'static str,
         container: String,
         message: String,
+        /// The HTTP status of the daemon's answer, when it gave one: what "already stopped"
+        /// (304) or "not running" (409) is recognised by, never the message text.
+        status: Option<u16>,
     },
     #[error("container {0} is outside this cluster's scope; refusing to touch it")]
     OutOfScope(String),
@@ -53,6 +71,8 @@ pub enum DockerError {
     JobFailed { name: String, code: i64 },
     #[error("job {name} did not finish within {seconds} s and was killed")]
     JobTimedOut { name: String, seconds: u64 },
+    #[error("job {job} still runs on node {node}; refusing a second job on the same volume")]
+    JobRunning { node: String, job: String },
 }
 
 impl DockerError {
@@ -63,7 +83,9 @@ impl DockerError {
             DockerError::TimedOut { operation } | DockerError::Call { operation, .. } => operation,
             DockerError::OutOfScope(_) => "scope",
             DockerError::NoContainer(_) => "find",
-            DockerError::JobFailed { .. } | DockerError::JobTimedOut { .. } => "job",
+            DockerError::JobFailed { .. }
+            | DockerError::JobTimedOut { .. }
+            | DockerError::JobRunning { .. } => "job",
         }
     }
 }
@@ -133,10 +155,22 @@ pub struct JobSpec {
     pub network: Option<String>,
 }
 
+/// A job container of this cluster, as listed.
+#[derive(Debug, Clone)]
+pub struct JobContainer {
+    pub id: String,
+    pub name: String,
+    pub running: bool,
+}
+
 /// A Docker event about a container of the cluster.
 #[derive(Debug, Clone)]
 pub struct ContainerEvent {
+    /// The container's id: what ties the event to a node's own container.
+    pub id: String,
     pub service: String,
+    /// A `docker-compose run` (or job) container: it shares the service's labels only.
+    pub oneoff: bool,
     pub action: String,
     /// For `kill`: the signal sent (a `docker stop` sends the stop signal first).
     pub signal: Option<String>,
@@ -192,9 +226,25 @@ where
         Ok(Err(e)) => Err(DockerError::Call {
             operation,
             container: container.to_string(),
+            status: status_of(&e),
             message: e.to_string(),
         }),
         Ok(Ok(v)) => Ok(v),
+    }
+}
+
+/// The daemon's HTTP status in a bollard error, if the daemon answered at all.
+fn status_of(e: &bollard::errors::Error) -> Option<u16> {
+    match e {
+        bollard::errors::Error::DockerResponseServerError { status_code, .. } => Some(*status_code),
+        _ => None,
+    }
+}
+
+impl DockerError {
+    /// The daemon answered with this HTTP status.
+    pub fn has_status(&self, code: u16) -> bool {
+        matches!(self, DockerError::Call { status: Some(s), .. } if *s == code)
     }
 }
 
@@ -249,6 +299,11 @@ impl DockerRuntime {
         // Prefer a running container when compose left an old one behind.
         let mut best: Option<ContainerInfo> = None;
         for summary in list {
+            // `docker-compose run pg-0 …` makes a container with pg-0's labels: it is not the
+            // node, and fencing or starting it instead of the node would be wrong both ways.
+            if summary.labels.as_ref().is_some_and(is_oneoff) {
+                continue;
+            }
             let Some(id) = summary.id else { continue };
             let info = self.inspect(&id).await?;
             let better = match &best {
@@ -438,8 +493,9 @@ impl DockerRuntime {
         )
         .await
         {
-            // Killing a container that is already down is a success: fencing is idempotent.
-            Err(e) if e.to_string().contains("is not running") => Ok(()),
+            // Killing a container that is already down (409 Conflict) is a success: fencing is
+            // idempotent.
+            Err(e) if e.has_status(409) => Ok(()),
             other => other,
         };
         if policy_set.is_err() {
@@ -562,8 +618,9 @@ impl DockerRuntime {
         )
         .await
         {
+            // 304 Not Modified: already in the wanted state.
             Ok(()) => Ok(()),
-            Err(e) if e.to_string().contains("304") => Ok(()),
+            Err(e) if e.has_status(304) => Ok(()),
             Err(e) => Err(e),
         }
     }
@@ -577,8 +634,9 @@ impl DockerRuntime {
         )
         .await
         {
+            // 304 Not Modified: already in the wanted state.
             Ok(()) => Ok(()),
-            Err(e) if e.to_string().contains("304") => Ok(()),
+            Err(e) if e.has_status(304) => Ok(()),
             Err(e) => Err(e),
         }
     }
@@ -603,12 +661,21 @@ impl DockerRuntime {
                 .map(|d| d.as_millis())
                 .unwrap_or_default()
         );
+        // A job left by an earlier sidecar (crash) must not run beside this one on the same
+        // volume: finished ones are removed, a running one refuses the new job.
+        for left in self.jobs(Some(&node.name)).await? {
+            if left.running {
+                return Err(DockerError::JobRunning {
+                    node: node.name.clone(),
+                    job: left.name,
+                });
+            }
+            self.remove_job(&left).await?;
+        }
         let mut labels = HashMap::new();
         labels.insert(JOB_LABEL.to_string(), job.to_string());
-        labels.insert(
-            "pgpool-sidecar.cluster".to_string(),
-            self.scope.project.clone(),
-        );
+        labels.insert(JOB_CLUSTER_LABEL.to_string(), self.scope.project.clone());
+        labels.insert(JOB_NODE_LABEL.to_string(), node.name.clone());
         let mut env = env;
         env.push(format!("PGDATA={}", node.pgdata));
         let networking = node.spec.network.as_ref().map(|n| NetworkingConfig {
@@ -666,10 +733,12 @@ impl DockerRuntime {
         let mut wait = self.docker.wait_container(id, Some(opts));
         match tokio::time::timeout(limit, wait.next()).await {
             Err(_) => {
-                let _ = self
+                let kill = self
                     .docker
-                    .kill_container(id, None::<bollard::query_parameters::KillContainerOptions>)
-                    .await;
+                    .kill_container(id, None::<bollard::query_parameters::KillContainerOptions>);
+                if let Err(e) = timed_for("kill", name, API_TIMEOUT, kill).await {
+                    tracing::warn!(job = %name, error = %e, "cannot kill the timed-out job");
+                }
                 Err(DockerError::JobTimedOut {
                     name: name.to_string(),
                     seconds: limit.as_secs(),
@@ -683,14 +752,82 @@ impl DockerRuntime {
             Ok(Some(Err(e))) => Err(DockerError::Call {
                 operation: "wait",
                 container: name.to_string(),
+                status: status_of(&e),
                 message: e.to_string(),
             }),
             Ok(None) => Err(DockerError::Call {
                 operation: "wait",
                 container: name.to_string(),
+                status: None,
                 message: "wait stream ended without a status".into(),
             }),
         }
+    }
+
+    /// This cluster's job containers (of one node, or all), running or not.
+    pub async fn jobs(&self, node: Option<&str>) -> Result<Vec<JobContainer>, DockerError> {
+        let mut labels = vec![format!("{JOB_CLUSTER_LABEL}={}", self.scope.project)];
+        if let Some(n) = node {
+            labels.push(format!("{JOB_NODE_LABEL}={n}"));
+        }
+        let filters = HashMap::from([("label", labels)]);
+        let opts = ListContainersOptionsBuilder::new()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let list = timed("list", self.docker.list_containers(Some(opts))).await?;
+        Ok(list
+            .into_iter()
+            .filter_map(|c| {
+                Some(JobContainer {
+                    id: c.id?,
+                    name: c
+                        .names
+                        .and_then(|n| n.into_iter().next())
+                        .unwrap_or_default()
+                        .trim_start_matches('/')
+                        .to_string(),
+                    running: c.state.is_some_and(|s| {
+                        !matches!(
+                            s,
+                            bollard::models::ContainerSummaryStateEnum::EXITED
+                                | bollard::models::ContainerSummaryStateEnum::DEAD
+                                | bollard::models::ContainerSummaryStateEnum::CREATED
+                        )
+                    }),
+                })
+            })
+            .collect())
+    }
+
+    /// Kills and removes a job container (its volumes are the node's: never removed).
+    pub async fn remove_job(&self, job: &JobContainer) -> Result<(), DockerError> {
+        let rm = RemoveContainerOptionsBuilder::new().force(true).build();
+        match timed_for(
+            "remove",
+            &job.name,
+            API_TIMEOUT,
+            self.docker.remove_container(&job.id, Some(rm)),
+        )
+        .await
+        {
+            // 404: already gone, which is what was wanted.
+            Err(e) if !e.has_status(404) => Err(e),
+            _ => {
+                tracing::warn!(job = %job.name, was_running = job.running, "job container removed");
+                Ok(())
+            }
+        }
+    }
+
+    /// Removes every job container of this cluster: at start (left by a crashed sidecar) and
+    /// at shutdown (a job must not outlive the sidecar that watches it). Returns how many.
+    pub async fn remove_all_jobs(&self) -> Result<usize, DockerError> {
+        let jobs = self.jobs(None).await?;
+        for j in &jobs {
+            self.remove_job(j).await?;
+        }
+        Ok(jobs.len())
     }
 
     async fn logs(&self, id: &str) -> Result<String, DockerError> {
@@ -724,18 +861,26 @@ impl DockerRuntime {
             since = format!("{}.{:09}", ns / 1_000_000_000, ns % 1_000_000_000);
             b = b.since(&since);
         }
-        self.docker
-            .events(Some(b.build()))
-            .filter_map(|r| async move {
+        let scope = self.scope.clone();
+        self.docker.events(Some(b.build())).filter_map(move |r| {
+            let scope = scope.clone();
+            async move {
                 match r {
                     Err(e) => Some(Err(DockerError::Call {
                         operation: "events",
                         container: String::new(),
+                        status: status_of(&e),
                         message: e.to_string(),
                     })),
                     Ok(m) => {
-                        let attrs = m.actor.and_then(|a| a.attributes).unwrap_or_default();
+                        let actor = m.actor.unwrap_or_default();
+                        let attrs = actor.attributes.unwrap_or_default();
+                        if !scope.admits(&attrs) {
+                            return None;
+                        }
                         Some(Ok(ContainerEvent {
+                            id: actor.id.unwrap_or_default(),
+                            oneoff: is_oneoff(&attrs),
                             service: attrs.get(SERVICE_LABEL)?.clone(),
                             action: m.action.unwrap_or_default(),
                             signal: attrs.get("signal").cloned(),
@@ -743,6 +888,7 @@ impl DockerRuntime {
                         }))
                     }
                 }
-            })
+            }
+        })
     }
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::future::join_all;
 
-use crate::cluster::{choose_candidate, NoCandidate};
+use crate::cluster::{choose_candidate, followers, NoCandidate};
 use crate::docker::DockerError;
 use crate::postgres::PgError;
 use crate::state::{Ctx, FailoverRecord, NodeState};
@@ -236,12 +236,13 @@ async fn run(ctx: &Arc<Ctx>, old: usize) -> Result<usize, FailoverError> {
     crate::slots::on_promotion(ctx, candidate).await;
 
     // 4. Keep synchronous replication right: name only the nodes that can still stream.
-    let live: Vec<usize> = view
-        .nodes
-        .iter()
-        .filter(|n| n.id != old && n.id != candidate && n.pg.is_some() && !n.fenced)
-        .map(|n| n.id)
-        .collect();
+    // Busy flags as they are now: a recovery may have started since the view was taken.
+    ctx.with_state(|s| {
+        for n in view.nodes.iter_mut() {
+            n.busy = s.busy.contains(&n.id);
+        }
+    });
+    let live = followers(&view, candidate, &[old]);
     if ctx.cfg.synchronous_standbys > 0 {
         let value = ctx.synchronous_value(candidate);
         if let Err(e) = ctx.sessions[candidate]

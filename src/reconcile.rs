@@ -12,7 +12,9 @@ use std::time::Duration;
 use futures_util::future::join_all;
 use futures_util::StreamExt;
 
-use crate::cluster::{decide, Action, ClusterView, NodeView};
+use crate::cluster::{
+    decide, event_response, Action, ClusterView, EventFacts, EventResponse, NodeView,
+};
 use crate::docker::ContainerStatus;
 use crate::metrics::{ROLES, SLOT_STATUSES};
 use crate::pgpool::control::PoolStatus;
@@ -126,6 +128,12 @@ async fn observe(ctx: &Arc<Ctx>, probes: &mut Probes) -> Option<ClusterView> {
         let mut nodes = Vec::with_capacity(ctx.cfg.nodes.len());
         for (i, (c, p)) in containers.into_iter().zip(pg).enumerate() {
             let name = ctx.node_name(i).to_string();
+            let container_id = match &c {
+                Ok(Some(c)) => Some(c.id.clone()),
+                // Docker unreachable: the container is still the one last seen.
+                Err(_) => s.view.nodes.get(i).and_then(|n| n.container_id.clone()),
+                Ok(None) => None,
+            };
             let container = match c {
                 Ok(Some(c)) => {
                     let status = c.status.clone();
@@ -188,6 +196,7 @@ async fn observe(ctx: &Arc<Ctx>, probes: &mut Probes) -> Option<ClusterView> {
                     .as_ref()
                     .and_then(|r| r.get(ctx.node_name(i)))
                     .map(|r| r.replay_lag_bytes),
+                container_id,
             });
         }
         if let Some(p) = primary {
@@ -200,6 +209,7 @@ async fn observe(ctx: &Arc<Ctx>, probes: &mut Probes) -> Option<ClusterView> {
         s.view.nodes = nodes;
         s.pgpool_up = pool.is_some();
         s.pool_nodes = pool.unwrap_or_default();
+        s.view.replication_seen = replication.is_some();
         s.replication = replication.unwrap_or_default();
         s.view.generation = generation;
         Some(s.view.clone())
@@ -416,27 +426,11 @@ fn adopt_primary(ctx: &Arc<Ctx>, node: usize) {
     }
 }
 
-/// Nodes pgpool may start with: the primary and standbys of this cluster that stream from it.
+/// Nodes pgpool may start with: the primary and the healthy standbys.
 fn verified_up(ctx: &Ctx) -> Vec<bool> {
     ctx.with_state(|s| {
-        let primary = s.view.primary;
-        let pname = primary.map(|p| ctx.node_name(p).to_string());
         (0..ctx.cfg.nodes.len())
-            .map(|i| {
-                if Some(i) == primary {
-                    return true;
-                }
-                let Some(n) = s.view.nodes.get(i) else {
-                    return false;
-                };
-                !n.fenced
-                    && n.pg.as_ref().is_some_and(|pg| {
-                        pg.in_recovery
-                            && pg.streaming
-                            && Some(pg.system_identifier) == s.view.system_identifier
-                            && pg.upstream_host.as_deref() == pname.as_deref()
-                    })
-            })
+            .map(|i| s.view.primary == Some(i) || s.view.is_healthy_standby(i).is_ok())
             .collect()
     })
 }
@@ -548,7 +542,7 @@ pub async fn watch_events(ctx: Arc<Ctx>) {
                 }
             };
             since = Some(ev.time_nano);
-            if !seen.insert((ev.service.clone(), ev.action.clone(), ev.time_nano)) {
+            if !seen.insert((ev.id.clone(), ev.action.clone(), ev.time_nano)) {
                 continue;
             }
             if seen.len() > 4096 {
@@ -560,44 +554,30 @@ pub async fn watch_events(ctx: Arc<Ctx>) {
     }
 }
 
-/// Events after which a node serves nothing: it died, or it is frozen (`pause`).
-fn is_death(ev: &crate::docker::ContainerEvent) -> bool {
-    match ev.action.as_str() {
-        "die" | "oom" | "pause" | "health_status: unhealthy" => true,
-        "kill" => matches!(ev.signal.as_deref(), Some("9") | Some("SIGKILL")),
-        _ => false,
-    }
-}
-
 async fn handle_event(ctx: &Arc<Ctx>, ev: &crate::docker::ContainerEvent) {
-    let Some(node) = ctx.cfg.nodes.iter().position(|n| n.host == ev.service) else {
-        return;
+    let facts = EventFacts {
+        container_id: ev.id.clone(),
+        oneoff: ev.oneoff,
+        action: ev.action.clone(),
+        signal: ev.signal.clone(),
     };
-    if !is_death(ev) {
-        return;
-    }
-    let (primary, busy, fenced) = ctx.with_state(|s| {
-        (
-            s.view.primary,
-            s.busy.contains(&node),
-            s.fenced.contains(&node),
-        )
-    });
-    if busy || fenced {
-        return;
-    }
-    if primary == Some(node) {
-        let reason = format!("Docker event {}", ev.action);
-        let _ = failover::failover(ctx, node, "docker", &reason, false).await;
-    } else {
-        tracing::warn!(
-            node = %ev.service,
-            event = %ev.action,
-            "Standby node is down. Failover not triggered!"
-        );
-        if let Err(e) = ctx.pgpool.detach(node, Duration::from_secs(5)).await {
-            tracing::debug!(error = %e, "detach of a dead standby");
+    let response = ctx.with_state(|s| event_response(&s.view, &facts));
+    match response {
+        EventResponse::Ignore => {}
+        EventResponse::Look => ctx.wake.notify_one(),
+        EventResponse::Failover { node, reason } => {
+            let _ = failover::failover(ctx, node, "docker", &reason, false).await;
         }
-        ctx.wake.notify_one();
+        EventResponse::StandbyDown { node } => {
+            tracing::warn!(
+                node = %ctx.node_name(node),
+                event = %ev.action,
+                "Standby node is down. Failover not triggered!"
+            );
+            if let Err(e) = ctx.pgpool.detach(node, Duration::from_secs(5)).await {
+                tracing::debug!(error = %e, "detach of a dead standby");
+            }
+            ctx.wake.notify_one();
+        }
     }
 }

@@ -21,7 +21,7 @@ use serde::Serialize;
 use crate::docker::{ContainerInfo, DockerError};
 use crate::pgpool::control::PgpoolError;
 use crate::postgres::conf_literal;
-use crate::state::{Ctx, NodeState};
+use crate::state::{BusyGuard, Ctx, NodeState};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RecoveryError {
@@ -146,9 +146,9 @@ pub async fn recover(
     if ctx.primary() == Some(node) {
         return Err(RecoveryError::IsPrimary(name));
     }
-    if !ctx.with_state(|s| s.busy.insert(node)) {
+    let Some(busy) = BusyGuard::take(ctx, node) else {
         return Err(RecoveryError::Busy(name));
-    }
+    };
     let started = Instant::now();
     tracing::warn!(node = %name, reason, force_rebuild, "recovering node");
     let result = ladder(ctx, node, force_rebuild).await;
@@ -166,8 +166,8 @@ pub async fn recover(
         .recovery_duration
         .with_label_values(&[&node_label, method, label])
         .observe(seconds);
+    drop(busy);
     ctx.with_state(|s| {
-        s.busy.remove(&node);
         if result.is_ok() {
             s.fenced.remove(&node);
             s.foreign.remove(&node);

@@ -194,3 +194,25 @@ impl Ctx {
         self.cfg.probe_timeout
     }
 }
+
+/// Holds a node busy for as long as it lives: released on every path out of an operation,
+/// early returns, errors and a cancelled (dropped) future included, so no node stays busy —
+/// and so never failed over or recovered — forever.
+pub struct BusyGuard<'a> {
+    ctx: &'a Ctx,
+    node: usize,
+}
+
+impl<'a> BusyGuard<'a> {
+    /// None when another operation already holds the node.
+    pub fn take(ctx: &'a Ctx, node: usize) -> Option<Self> {
+        ctx.with_state(|s| s.busy.insert(node))
+            .then_some(BusyGuard { ctx, node })
+    }
+}
+
+impl Drop for BusyGuard<'_> {
+    fn drop(&mut self) {
+        self.ctx.with_state(|s| s.busy.remove(&self.node));
+    }
+}

@@ -12,15 +12,18 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::docker::DockerError;
+use crate::cluster::followers;
+use crate::docker::{ContainerInfo, DockerError};
 use crate::postgres::{parse_lsn, PgError};
-use crate::state::{Ctx, NodeState};
+use crate::state::{BusyGuard, Ctx, NodeState};
 use crate::{failover, recovery};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SwitchoverError {
     #[error("no primary is known")]
     NoPrimary,
+    #[error("{0} is busy with another operation")]
+    Busy(String),
     #[error("{0} is already the primary")]
     AlreadyPrimary(String),
     #[error("target {node} is not a healthy standby: {why}")]
@@ -56,44 +59,73 @@ pg_controldata -D "$PGDATA" | sed -n 's/^Latest checkpoint location: *//p' | sed
 pg_controldata -D "$PGDATA" | sed -n 's/^Database cluster state: *//p' | sed 's/^/state=/'
 "#;
 
-/// Which standby may take over: the named one if it is healthy, else the best streaming one.
+/// Which standby may take over: the named one if it is healthy, else the best healthy one.
 fn pick_target(ctx: &Ctx, old: usize, to: Option<usize>) -> Result<usize, SwitchoverError> {
     let view = ctx.with_state(|s| s.view.clone());
-    let healthy = |n: usize| -> Result<(), String> {
-        let v = view.nodes.get(n).ok_or("unknown node")?;
-        if v.busy {
-            return Err("a recovery is running on it".into());
-        }
-        if v.fenced {
-            return Err("it is fenced".into());
-        }
-        match &v.pg {
-            None => Err("it does not answer".into()),
-            Some(pg) if !pg.in_recovery => Err("it is not in recovery".into()),
-            Some(_) if !v.streaming_from_primary => {
-                Err("it does not stream from the primary".into())
-            }
-            Some(_) => Ok(()),
-        }
-    };
     match to {
         Some(t) if t == old => Err(SwitchoverError::AlreadyPrimary(
             ctx.node_name(t).to_string(),
         )),
-        Some(t) => healthy(t)
-            .map(|()| t)
-            .map_err(|why| SwitchoverError::TargetUnhealthy {
-                node: ctx.node_name(t).to_string(),
-                why,
-            }),
+        Some(t) => {
+            view.is_healthy_standby(t)
+                .map(|()| t)
+                .map_err(|why| SwitchoverError::TargetUnhealthy {
+                    node: ctx.node_name(t).to_string(),
+                    why: why.to_string(),
+                })
+        }
         None => view
             .nodes
             .iter()
-            .filter(|n| n.id != old && healthy(n.id).is_ok())
+            .filter(|n| n.id != old && view.is_healthy_standby(n.id).is_ok())
             .max_by_key(|n| (n.pg.as_ref().map(|p| p.lsn), std::cmp::Reverse(n.id)))
             .map(|n| n.id)
             .ok_or(SwitchoverError::NoStandby),
     }
+}
+
+/// Undoes a switchover that stopped the old primary but promoted nothing: the old primary,
+/// which has every acknowledged commit, is started again as the primary. A target whose
+/// promotion failed half-way is fenced first, so two writable nodes never coexist.
+async fn restore_old_primary(ctx: &Ctx, old: &ContainerInfo, failed_target: Option<usize>) {
+    if let Some(t) = failed_target {
+        match failover::fence(ctx, t).await {
+            Ok(()) => ctx.with_state(|s| {
+                s.fenced.insert(t);
+                s.node_state.insert(t, NodeState::Fenced);
+            }),
+            Err(e) => {
+                tracing::error!(node = %ctx.node_name(t), error = %e, "cannot fence the switchover target")
+            }
+        }
+    }
+    tracing::warn!(node = %old.name, "switchover failed; starting the old primary again");
+    if let Err(e) = ctx.docker.start(old).await {
+        // The probe loop sees a primary that is down and fails over.
+        tracing::error!(node = %old.name, error = %e, "cannot start the old primary again");
+        return;
+    }
+    // Still under the failover lock: pgpool's hook for the stopped primary, waiting behind it,
+    // must find a primary that answers, not one half-way through its start.
+    let node = ctx.primary();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while let Some(p) = node {
+        let probe = ctx.sessions[p]
+            .lock()
+            .await
+            .probe(ctx.probe_timeout())
+            .await;
+        if probe.is_ok_and(|pg| !pg.in_recovery) {
+            tracing::warn!(node = %old.name, "old primary takes writes again");
+            break;
+        }
+        if Instant::now() > deadline {
+            tracing::error!(node = %old.name, "old primary did not come back within 30 s");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    ctx.wake.notify_one();
 }
 
 pub async fn switchover(
@@ -140,13 +172,13 @@ async fn run(
         .await?
         .ok_or_else(|| DockerError::NoContainer(old_name.clone()))?;
     // The old primary is ours until it is a standby again: no event or pass may act on it.
-    ctx.with_state(|s| s.busy.insert(old));
+    let busy = BusyGuard::take(ctx, old).ok_or(SwitchoverError::Busy(old_name.clone()))?;
 
     // 1. Clean stop: on a fast shutdown the walsenders send everything up to the shutdown
     //    checkpoint before the server exits.
     let stopped_at = Instant::now();
     if let Err(e) = ctx.docker.stop(&container, Duration::from_secs(60)).await {
-        ctx.with_state(|s| s.busy.remove(&old));
+        restore_old_primary(ctx, &container, None).await;
         return Err(e.into());
     }
 
@@ -161,19 +193,14 @@ async fn run(
             Duration::from_secs(60),
         )
         .await;
-    let final_lsn = match out
+    let Some(final_lsn) = out
         .as_ref()
         .ok()
         .and_then(|o| o.lines().find_map(|l| l.trim().strip_prefix("lsn=")))
         .and_then(parse_lsn)
-    {
-        Some(l) => l,
-        None => {
-            // Nothing was promoted: put the old primary back as it was.
-            let _ = ctx.docker.start(&container).await;
-            ctx.with_state(|s| s.busy.remove(&old));
-            return Err(SwitchoverError::FinalLsn(format!("{out:?}")));
-        }
+    else {
+        restore_old_primary(ctx, &container, None).await;
+        return Err(SwitchoverError::FinalLsn(format!("{out:?}")));
     };
 
     // 3. The target must have received past the shutdown checkpoint: then no commit is lost.
@@ -188,8 +215,7 @@ async fn run(
             break;
         }
         if Instant::now() > deadline {
-            let _ = ctx.docker.start(&container).await;
-            ctx.with_state(|s| s.busy.remove(&old));
+            restore_old_primary(ctx, &container, None).await;
             return Err(SwitchoverError::NotCaughtUp {
                 node: target_name,
                 lsn: crate::postgres::format_lsn(final_lsn),
@@ -200,11 +226,17 @@ async fn run(
     }
 
     // 4. Promote; the target is the primary from here on.
-    ctx.sessions[target]
+    let promoted = ctx.sessions[target]
         .lock()
         .await
         .promote(Duration::from_secs(30))
-        .await?;
+        .await;
+    if let Err(e) = promoted {
+        // The target may still finish its promotion later: it is fenced before the old
+        // primary, which has every commit, takes writes again. Recovery brings it back.
+        restore_old_primary(ctx, &container, Some(target)).await;
+        return Err(e.into());
+    }
     let write_unavailable_seconds = stopped_at.elapsed().as_secs_f64();
     ctx.with_state(|s| {
         s.view.primary = Some(target);
@@ -221,9 +253,7 @@ async fn run(
             .set_synchronous_standbys(&value, ctx.probe_timeout())
             .await;
     }
-    let others: Vec<usize> = (0..ctx.cfg.nodes.len())
-        .filter(|&n| n != old && n != target)
-        .collect();
+    let others = followers(&ctx.with_state(|s| s.view.clone()), target, &[old]);
     futures_util::future::join_all(others.iter().map(|&n| failover::repoint(ctx, n, target))).await;
     drop(guard);
 
@@ -235,7 +265,8 @@ async fn run(
     // 6. The old primary comes back as a standby: it stopped cleanly at a point the target
     //    has, so it follows the new timeline without a rewind; the ladder covers the rest.
     let rejoined = recovery::demote_cleanly_stopped(ctx, old, target, &container).await;
-    ctx.with_state(|s| s.busy.remove(&old));
+    // The ladder below takes the node busy itself.
+    drop(busy);
     let rejoined_by = match rejoined {
         Ok(()) => Some("attach".to_string()),
         Err(e) => {
