@@ -23,6 +23,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::pgpool::conf;
+
 /// Prefix of the sidecar's own variables.
 pub const ENV_PREFIX: &str = "PGPOOL_SIDECAR_";
 /// Prefix of variables copied into pgpool.conf (`PGPOOL_CONF_NUM_INIT_CHILDREN=64`).
@@ -32,8 +34,17 @@ pub const DEFAULT_HOOK_SOCKET: &str = "/run/pgpool-sidecar/hook.sock";
 
 const REDACTED: &str = "<redacted>";
 const DEFAULT_PG_PORT: u16 = 5432;
+const DEFAULT_PCP_PORT: u16 = 9898;
 const MIN_API_TOKEN_CHARS: usize = 16;
 const MAX_PROBE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Largest `*_FILE` secret read. Nothing bigger is a password, and a wrong path (a log, a disk
+/// image) must not be read into memory whole.
+const MAX_SECRET_FILE: u64 = 64 * 1024;
+/// PostgreSQL cuts longer role names (NAMEDATALEN - 1), so a longer name would not be the role.
+const MAX_ROLE_NAME: usize = 63;
+/// A Unix socket path must fit `sun_path` (108 bytes) with its terminating NUL, or bind fails and
+/// pgpool's hooks find no daemon.
+const MAX_SOCKET_PATH: usize = 107;
 /// Enough for a standby to be away through a restart or a short outage under moderate writes,
 /// small enough not to fill a modest volume.
 pub const DEFAULT_MAX_SLOT_WAL_KEEP_SIZE: u64 = 1 << 30;
@@ -659,27 +670,14 @@ impl Checker {
                 var: name.to_owned(),
                 path: None,
             },
-            (None, Some(path)) => match std::fs::read_to_string(&path) {
-                Ok(mut value) => {
-                    // Files written by `echo` or an editor end in a newline that is not part of
-                    // the password; only one is removed so a deliberate trailing one survives.
-                    if value.ends_with('\n') {
-                        value.pop();
-                        if value.ends_with('\r') {
-                            value.pop();
-                        }
-                    }
-                    SecretInput::Given {
-                        value,
-                        var: file_var,
-                        path: Some(path),
-                    }
-                }
-                Err(e) => {
-                    self.problem(
-                        &file_var,
-                        format!("file {path} cannot be read: {}", e.kind()),
-                    );
+            (None, Some(path)) => match read_secret_file(&path) {
+                Ok(value) => SecretInput::Given {
+                    value,
+                    var: file_var,
+                    path: Some(path),
+                },
+                Err(message) => {
+                    self.problem(&file_var, message);
                     SecretInput::Failed
                 }
             },
@@ -687,11 +685,14 @@ impl Checker {
         }
     }
 
+    /// The secret and the variable it came from (`name` or `name_FILE`), for later checks.
+    /// `fits` is asked only of a value that was read; its answer must not contain the value.
     fn required_secret(
         &mut self,
         name: &str,
         direct: Option<String>,
         file: Option<String>,
+        fits: impl FnOnce(&str) -> Option<String>,
     ) -> Secret {
         let was_set_empty = direct.as_deref() == Some("");
         match self.secret_input(name, direct, file) {
@@ -701,6 +702,8 @@ impl Checker {
                         Some(path) => self.problem(&var, format!("file {path} is empty")),
                         None => self.problem(&var, "is empty"),
                     }
+                } else if let Some(message) = fits(&value) {
+                    self.problem(&var, message);
                 }
                 Secret(value)
             }
@@ -742,34 +745,52 @@ impl Checker {
         let node_list = nodes.as_deref();
 
         let superuser = self
-            .opt("SUPERUSER", raw.superuser, |s| Ok(s.to_owned()))
+            .opt("SUPERUSER", raw.superuser, |s| {
+                check_superuser(s).map(str::to_owned)
+            })
             .unwrap_or_else(|| "postgres".to_owned());
         let superuser_password = self.required_secret(
             "SUPERUSER_PASSWORD",
             raw.superuser_password,
             raw.superuser_password_file,
+            |v| conf::pool_passwd_password_problem(v).map(str::to_owned),
         );
         let replication_user = self
             .opt("REPLICATION_USER", raw.replication_user, |s| {
-                Ok(s.to_owned())
+                check_role_name(s).map(str::to_owned)
             })
             .unwrap_or_else(|| "replicator".to_owned());
+        // It goes into primary_conninfo in postgresql.auto.conf, whose strings (and ALTER
+        // SYSTEM) take no newline.
         let replication_password = self.required_secret(
             "REPLICATION_PASSWORD",
             raw.replication_password,
             raw.replication_password_file,
+            |v| conf::line_field_problem(v).map(str::to_owned),
         );
         let pcp_user = self
-            .opt("PCP_USER", raw.pcp_user, |s| Ok(s.to_owned()))
+            .opt("PCP_USER", raw.pcp_user, |s| {
+                match conf::pcp_user_problem(s) {
+                    None => Ok(s.to_owned()),
+                    Some(problem) => Err(format!("{s:?} {problem}")),
+                }
+            })
             .unwrap_or_else(|| "pcpadmin".to_owned());
-        let pcp_password =
-            self.required_secret("PCP_PASSWORD", raw.pcp_password, raw.pcp_password_file);
 
         let pcp_port = self.opt("PCP_PORT", raw.pcp_port, parse_port);
         let pgpool_port = self.opt("PGPOOL_PORT", raw.pgpool_port, parse_port);
+        let pcp_password = self.required_secret(
+            "PCP_PASSWORD",
+            raw.pcp_password,
+            raw.pcp_password_file,
+            |v| {
+                conf::pcp_password_problem(pcp_port.unwrap_or(DEFAULT_PCP_PORT), &pcp_user, v)
+                    .map(str::to_owned)
+            },
+        );
         let http_listen = self.opt("HTTP_LISTEN", raw.http_listen, parse_listen);
         self.check_port_clashes(pcp_port, pgpool_port, http_listen);
-        let pcp_port = pcp_port.unwrap_or(9898);
+        let pcp_port = pcp_port.unwrap_or(DEFAULT_PCP_PORT);
         let pgpool_port = pgpool_port.unwrap_or(DEFAULT_PG_PORT);
         let http_listen = http_listen.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 9720)));
 
@@ -873,11 +894,23 @@ impl Checker {
                 // pgpool runs the hook from its own working directory; a relative path would
                 // point somewhere else there.
                 let path = PathBuf::from(s);
-                if path.is_absolute() {
-                    Ok(path)
-                } else {
-                    Err(format!("{s:?} must be an absolute path"))
+                if !path.is_absolute() {
+                    return Err(format!("{s:?} must be an absolute path"));
                 }
+                // It is pasted unquoted into failover_command and follow_primary_command,
+                // which pgpool runs with /bin/sh after expanding its own `%` escapes.
+                if !conf::shell_safe(s) {
+                    return Err(format!(
+                        "{s:?} may contain only letters, digits and /._- (pgpool runs it in a \
+                         shell command)"
+                    ));
+                }
+                if s.len() > MAX_SOCKET_PATH {
+                    return Err(format!(
+                        "{s:?} is too long for a Unix socket path (at most {MAX_SOCKET_PATH} bytes)"
+                    ));
+                }
+                Ok(path)
             })
             .unwrap_or_else(|| PathBuf::from(DEFAULT_HOOK_SOCKET));
         let job_timeout = self
@@ -955,7 +988,7 @@ impl Checker {
         pgpool: Option<u16>,
         http: Option<SocketAddr>,
     ) {
-        let pcp = pcp.unwrap_or(9898);
+        let pcp = pcp.unwrap_or(DEFAULT_PCP_PORT);
         let pgpool = pgpool.unwrap_or(DEFAULT_PG_PORT);
         if pcp == pgpool {
             self.problem(
@@ -1010,19 +1043,107 @@ fn check_pgpool_conf(name: &str, value: &str) -> Result<String, String> {
     if lower.is_empty() {
         return Err("names no pgpool setting".to_owned());
     }
-    if !lower
+    // pgpool's lexer reads a key only from a letter or `_` on; `1abc` would be a number.
+    let starts_right = lower
         .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        .next()
+        .is_some_and(|b| b.is_ascii_lowercase() || b == b'_');
+    if !starts_right
+        || !lower
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
     {
         return Err(format!(
-            "{lower:?} is not a pgpool setting name (letters, digits and _ only)"
+            "{lower:?} is not a pgpool setting name (letters, digits and _, not a digit first)"
         ));
     }
+    if let Some(problem) = conf::pass_through_key_problem(&lower) {
+        return Err(problem.to_owned());
+    }
     // The value is not shown: pass-through settings can be passwords.
-    if value.contains(['\n', '\r']) {
-        return Err("value contains a newline, which would break pgpool.conf".to_owned());
+    if let Some(problem) = conf::conf_string_problem(value) {
+        return Err(format!("value {problem}"));
     }
     Ok(lower)
+}
+
+/// Reads a `*_FILE` secret: a regular file of at most [`MAX_SECRET_FILE`] bytes of UTF-8.
+fn read_secret_file(path: &str) -> Result<String, String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+
+    let unreadable = |e: std::io::Error| format!("file {path} cannot be read: {}", e.kind());
+    let not_regular = || format!("file {path} is not a regular file");
+    // Looked at before it is opened: opening a FIFO waits for a writer (start-up would hang),
+    // and a device can act on open or never end (/dev/zero).
+    if !std::fs::metadata(path).map_err(unreadable)?.is_file() {
+        return Err(not_regular());
+    }
+    // Opened without waiting and looked at again, in case the path was swapped in between.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK)
+        .open(path)
+        .map_err(unreadable)?;
+    if !file.metadata().map_err(unreadable)?.is_file() {
+        return Err(not_regular());
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_SECRET_FILE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(unreadable)?;
+    if bytes.len() as u64 > MAX_SECRET_FILE {
+        return Err(format!(
+            "file {path} is larger than {} KiB",
+            MAX_SECRET_FILE / 1024
+        ));
+    }
+    let mut value =
+        String::from_utf8(bytes).map_err(|_| format!("file {path} is not UTF-8 text"))?;
+    // Every trailing newline goes, and nothing else (a carriage return stays): the official
+    // postgres image reads its `*_FILE` secrets with the shell's `$(< file)`, which does exactly
+    // that, so a node and the sidecar given the same secret file agree on the password.
+    let kept = value.trim_end_matches('\n').len();
+    value.truncate(kept);
+    Ok(value)
+}
+
+/// The superuser's name goes into pool_passwd, pgpool.conf (`sr_check_user`,
+/// `health_check_user`) and, unquoted, into pg_rewind's `--source-server` conninfo (the rewind
+/// job in recovery.rs), so it must suit all three.
+fn check_superuser(name: &str) -> Result<&str, String> {
+    check_role_name(name)?;
+    if let Some(problem) = conf::pool_passwd_user_problem(name) {
+        return Err(format!("{name:?} {problem}"));
+    }
+    // An unquoted conninfo value ends at whitespace and gives `\` and a leading `'` meaning.
+    if name
+        .chars()
+        .any(|c| c.is_whitespace() || c == '\\' || c == '\'')
+    {
+        return Err(format!(
+            "{name:?} contains whitespace, ' or \\, which pg_rewind's --source-server cannot \
+             take as written by the rewind job"
+        ));
+    }
+    if let Some(problem) = conf::conf_string_problem(name) {
+        return Err(format!("{name:?} {problem}"));
+    }
+    Ok(name)
+}
+
+/// A PostgreSQL role name as the generated files can carry it (postgresql.auto.conf strings take
+/// no newline).
+fn check_role_name(name: &str) -> Result<&str, String> {
+    if let Some(problem) = conf::line_field_problem(name) {
+        return Err(format!("{name:?} {problem}"));
+    }
+    if name.len() > MAX_ROLE_NAME {
+        return Err(format!(
+            "is longer than the {MAX_ROLE_NAME} bytes of a PostgreSQL role name"
+        ));
+    }
+    Ok(name)
 }
 
 fn parse_number<T: std::str::FromStr>(s: &str) -> Result<T, String> {
@@ -1765,10 +1886,10 @@ mod tests {
     }
 
     #[test]
-    fn secret_file_read_with_one_newline_trimmed() {
+    fn secret_file_trailing_newlines_removed_like_the_postgres_image() {
         let file = TempFile::new("pw", "from-file-pw\n");
         let crlf = TempFile::new("crlf", "crlf-pw\r\n");
-        let kept = TempFile::new("kept", "two-newlines\n\n");
+        let many = TempFile::new("many", "two-newlines\n\n");
         let token = TempFile::new("token", &format!("{TOKEN}\n"));
         let vars: Vec<(String, String)> = with(&[])
             .into_iter()
@@ -1776,15 +1897,118 @@ mod tests {
             .chain(env(&[
                 ("PGPOOL_SIDECAR_SUPERUSER_PASSWORD_FILE", file.path()),
                 ("PGPOOL_SIDECAR_REPLICATION_PASSWORD_FILE", crlf.path()),
-                ("PGPOOL_SIDECAR_PCP_PASSWORD_FILE", kept.path()),
+                ("PGPOOL_SIDECAR_PCP_PASSWORD_FILE", many.path()),
                 ("PGPOOL_SIDECAR_API_TOKEN_FILE", token.path()),
             ]))
             .collect();
         let c = ok(vars);
         assert_eq!(c.superuser_password.expose(), "from-file-pw");
-        assert_eq!(c.replication_password.expose(), "crlf-pw");
-        assert_eq!(c.pcp_password.expose(), "two-newlines\n");
+        // `$(< file)` keeps a carriage return, so the node got this password too.
+        assert_eq!(c.replication_password.expose(), "crlf-pw\r");
+        assert_eq!(c.pcp_password.expose(), "two-newlines");
         assert_eq!(c.api_token.as_ref().map(Secret::expose), Some(TOKEN));
+    }
+
+    /// Runs `load` on another thread; a hang fails the test after `limit` instead of the run.
+    /// `unblock` is called on timeout so the stuck thread can end.
+    fn load_within(
+        vars: Vec<(String, String)>,
+        limit: Duration,
+        unblock: impl FnOnce(),
+    ) -> Result<Config, ConfigError> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(load(&vars));
+        });
+        match rx.recv_timeout(limit) {
+            Ok(result) => result,
+            Err(_) => {
+                unblock();
+                panic!("load did not return within {limit:?}");
+            }
+        }
+    }
+
+    fn one_problem(result: Result<Config, ConfigError>, var: &str, needle: &str) {
+        let p = match result {
+            Ok(c) => panic!("expected a problem, got {c:?}"),
+            Err(e) => e.problems,
+        };
+        assert_eq!(p.len(), 1, "expected one problem, got {p:#?}");
+        assert_eq!(p[0].var, var);
+        assert!(
+            p[0].message.contains(needle),
+            "{:?} lacks {needle:?}",
+            p[0].message
+        );
+    }
+
+    #[test]
+    fn secret_file_fifo_refused_without_hanging() {
+        let fifo = temp_path("fifo");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .expect("run mkfifo");
+        assert!(made.success());
+        let _cleanup = TempFile(fifo.clone());
+        let path = fifo.to_str().expect("utf-8").to_owned();
+        let mut vars = without("PGPOOL_SIDECAR_PCP_PASSWORD");
+        vars.extend(env(&[("PGPOOL_SIDECAR_PCP_PASSWORD_FILE", &path)]));
+        let result = load_within(vars, Duration::from_secs(5), || {
+            // A writer lets the reader's open return.
+            let _ = std::fs::OpenOptions::new().write(true).open(&fifo);
+        });
+        one_problem(
+            result,
+            "PGPOOL_SIDECAR_PCP_PASSWORD_FILE",
+            "not a regular file",
+        );
+    }
+
+    #[test]
+    fn secret_file_device_refused_without_reading_it() {
+        let mut vars = without("PGPOOL_SIDECAR_SUPERUSER_PASSWORD");
+        vars.extend(env(&[(
+            "PGPOOL_SIDECAR_SUPERUSER_PASSWORD_FILE",
+            "/dev/zero",
+        )]));
+        let result = load_within(vars, Duration::from_secs(5), || {});
+        one_problem(
+            result,
+            "PGPOOL_SIDECAR_SUPERUSER_PASSWORD_FILE",
+            "not a regular file",
+        );
+    }
+
+    #[test]
+    fn secret_file_too_large_or_not_text() {
+        let big = TempFile::new("big", &"x".repeat(64 * 1024 + 1));
+        let mut vars = without("PGPOOL_SIDECAR_PCP_PASSWORD");
+        vars.extend(env(&[("PGPOOL_SIDECAR_PCP_PASSWORD_FILE", big.path())]));
+        assert_one(
+            vars,
+            "PGPOOL_SIDECAR_PCP_PASSWORD_FILE",
+            "larger than 64 KiB",
+        );
+
+        let nul = TempFile::new("nul", "pw\0more");
+        let mut vars = without("PGPOOL_SIDECAR_REPLICATION_PASSWORD");
+        vars.extend(env(&[(
+            "PGPOOL_SIDECAR_REPLICATION_PASSWORD_FILE",
+            nul.path(),
+        )]));
+        assert_one(vars, "PGPOOL_SIDECAR_REPLICATION_PASSWORD_FILE", "NUL");
+
+        let bin = temp_path("binary");
+        std::fs::write(&bin, [0xff_u8, 0xfe, b'x']).expect("write");
+        let _cleanup = TempFile(bin.clone());
+        let mut vars = without("PGPOOL_SIDECAR_REPLICATION_PASSWORD");
+        vars.extend(env(&[(
+            "PGPOOL_SIDECAR_REPLICATION_PASSWORD_FILE",
+            bin.to_str().expect("utf-8"),
+        )]));
+        assert_one(vars, "PGPOOL_SIDECAR_REPLICATION_PASSWORD_FILE", "UTF-8");
     }
 
     #[test]
@@ -1996,6 +2220,172 @@ mod tests {
     }
 
     #[test]
+    fn hook_socket_must_be_safe_in_pgpools_shell_command() {
+        for value in [
+            "/tmp/a b.sock",
+            "/tmp/x;reboot",
+            "/tmp/$(id).sock",
+            "/tmp/`id`",
+            "/tmp/%d.sock",
+            "/tmp/x'y",
+            "/tmp/\u{e9}.sock",
+        ] {
+            assert_one(
+                with(&[("PGPOOL_SIDECAR_HOOK_SOCKET", value)]),
+                "PGPOOL_SIDECAR_HOOK_SOCKET",
+                "letters, digits",
+            );
+        }
+        // The kernel's limit for a socket path (sun_path) is 108 bytes including the NUL.
+        let long = format!("/{}", "a".repeat(107));
+        assert_one(
+            with(&[("PGPOOL_SIDECAR_HOOK_SOCKET", &long)]),
+            "PGPOOL_SIDECAR_HOOK_SOCKET",
+            "too long",
+        );
+        let c = ok(with(&[(
+            "PGPOOL_SIDECAR_HOOK_SOCKET",
+            "/run/x_y/hook-1.sock",
+        )]));
+        assert_eq!(c.hook_socket, PathBuf::from("/run/x_y/hook-1.sock"));
+    }
+
+    #[test]
+    fn reserved_pgpool_conf_keys_refused_at_load() {
+        for var in [
+            "PGPOOL_CONF_FAILOVER_COMMAND",
+            "PGPOOL_CONF_FOLLOW_PRIMARY_COMMAND",
+            "PGPOOL_CONF_BACKEND_HOSTNAME0",
+            "PGPOOL_CONF_PORT",
+            "PGPOOL_CONF_PCP_LISTEN_ADDRESSES",
+            "PGPOOL_CONF_PID_FILE_NAME",
+            "PGPOOL_CONF_WORK_DIR",
+            "PGPOOL_CONF_LOGDIR",
+            "PGPOOL_CONF_SR_CHECK_USER",
+            "PGPOOL_CONF_SR_CHECK_PASSWORD",
+            "PGPOOL_CONF_HEALTH_CHECK_USER",
+            "PGPOOL_CONF_HEALTH_CHECK_PASSWORD1",
+            "PGPOOL_CONF_POOL_PASSWD",
+        ] {
+            assert_one(with(&[(var, "x")]), var, "managed by pgpool-sidecar");
+        }
+        assert_one(
+            with(&[("PGPOOL_CONF_INCLUDE", "/etc/other.conf")]),
+            "PGPOOL_CONF_INCLUDE",
+            "include",
+        );
+        // Similar names stay free.
+        let c = ok(with(&[
+            ("PGPOOL_CONF_HEALTH_CHECK_PERIOD", "5"),
+            ("PGPOOL_CONF_SR_CHECK_PERIOD", "5"),
+            ("PGPOOL_CONF_LISTEN_ADDRESSES", "*"),
+        ]));
+        assert_eq!(c.pgpool_conf.len(), 3);
+    }
+
+    #[test]
+    fn pgpool_conf_values_pgpools_lexer_cannot_read_are_refused() {
+        for (value, needle) in [
+            ("'%m' failover_command = '/x %d'", "'"),
+            ("it's", "'"),
+            ("a\0b", "NUL"),
+        ] {
+            assert_one(
+                with(&[("PGPOOL_CONF_LOG_LINE_PREFIX", value)]),
+                "PGPOOL_CONF_LOG_LINE_PREFIX",
+                needle,
+            );
+        }
+        // pgpool's lexer takes a backslash-quote pair inside a string as it stands.
+        let c = ok(with(&[(
+            "PGPOOL_CONF_PRIMARY_ROUTING_QUERY_PATTERN_LIST",
+            "SELECT \\'x\\';",
+        )]));
+        assert_eq!(c.pgpool_conf.len(), 1);
+        // A key must start with a letter or `_`, or pgpool reads a number.
+        assert_one(
+            with(&[("PGPOOL_CONF_1ABC", "1")]),
+            "PGPOOL_CONF_1ABC",
+            "not a pgpool setting name",
+        );
+    }
+
+    #[test]
+    fn user_names_that_break_generated_files_are_refused() {
+        for (var, value, needle) in [
+            // pool_passwd and pcp.conf end the name at the first ':'.
+            ("PGPOOL_SIDECAR_SUPERUSER", "a:b", "':'"),
+            ("PGPOOL_SIDECAR_PCP_USER", "a:b", "':'"),
+            // pg_rewind's --source-server takes the name unquoted.
+            ("PGPOOL_SIDECAR_SUPERUSER", "a b", "whitespace"),
+            ("PGPOOL_SIDECAR_SUPERUSER", "a\\b", "\\"),
+            ("PGPOOL_SIDECAR_SUPERUSER", "a'b", "'"),
+            ("PGPOOL_SIDECAR_SUPERUSER", "a\nb", "newline"),
+            ("PGPOOL_SIDECAR_REPLICATION_USER", "a\nb", "newline"),
+            ("PGPOOL_SIDECAR_PCP_USER", "a\nb", "newline"),
+            // pcp.conf skips a line starting with '#'.
+            ("PGPOOL_SIDECAR_PCP_USER", "#admin", "'#'"),
+        ] {
+            assert_one(with(&[(var, value)]), var, needle);
+        }
+        let long = "u".repeat(64);
+        assert_one(
+            with(&[("PGPOOL_SIDECAR_REPLICATION_USER", &long)]),
+            "PGPOOL_SIDECAR_REPLICATION_USER",
+            "63 bytes",
+        );
+        let long = "u".repeat(128);
+        assert_one(
+            with(&[("PGPOOL_SIDECAR_PCP_USER", &long)]),
+            "PGPOOL_SIDECAR_PCP_USER",
+            "127 bytes",
+        );
+        let c = ok(with(&[
+            ("PGPOOL_SIDECAR_SUPERUSER", "Admin-1.x@y"),
+            ("PGPOOL_SIDECAR_PCP_USER", "pcp admin\\x"),
+        ]));
+        assert_eq!(c.superuser, "Admin-1.x@y");
+    }
+
+    #[test]
+    fn passwords_that_break_generated_files_are_refused_unseen() {
+        let long_super = format!("Secret{}", "p".repeat(123));
+        let long_pcp = format!("Secret{}", ":".repeat(160));
+        for (var, value, needle) in [
+            ("PGPOOL_SIDECAR_SUPERUSER_PASSWORD", "Secret\nx", "newline"),
+            (
+                "PGPOOL_SIDECAR_REPLICATION_PASSWORD",
+                "Secret\nx",
+                "newline",
+            ),
+            ("PGPOOL_SIDECAR_PCP_PASSWORD", "Secret\nx", "newline"),
+            // pool_passwd holds at most 128 bytes of a clear-text password.
+            (
+                "PGPOOL_SIDECAR_SUPERUSER_PASSWORD",
+                &long_super,
+                "128 bytes",
+            ),
+            // The PCP client reads lines of at most 319 bytes; ':' doubles when escaped.
+            ("PGPOOL_SIDECAR_PCP_PASSWORD", &long_pcp, "too long"),
+        ] {
+            let p = problems(with(&[(var, value)]));
+            assert_eq!(p.len(), 1, "{p:#?}");
+            assert_eq!(p[0].var, var);
+            assert!(
+                p[0].message.contains(needle),
+                "{:?} lacks {needle:?}",
+                p[0].message
+            );
+            assert!(!p[0].message.contains("Secret"), "{:?}", p[0].message);
+        }
+        let c = ok(with(&[
+            ("PGPOOL_SIDECAR_SUPERUSER_PASSWORD", "a:b\\c'd\r"),
+            ("PGPOOL_SIDECAR_PCP_PASSWORD", "a:b\\c"),
+        ]));
+        assert_eq!(c.pcp_password.expose(), "a:b\\c");
+    }
+
+    #[test]
     fn hook_socket_must_be_absolute() {
         assert_one(
             with(&[("PGPOOL_SIDECAR_HOOK_SOCKET", "hook.sock")]),
@@ -2094,7 +2484,7 @@ mod tests {
     fn secrets_never_shown() {
         let c = ok(with(&[
             ("PGPOOL_SIDECAR_API_TOKEN", TOKEN),
-            ("PGPOOL_CONF_SR_CHECK_PASSWORD", "conf-Secret-pw-4"),
+            ("PGPOOL_CONF_RECOVERY_PASSWORD", "conf-Secret-pw-4"),
             ("PGPOOL_CONF_WD_AUTHKEY", "conf-Secret-key-5"),
         ]));
         let secrets = [SUPER_PW, REPL_PW, PCP_PW, TOKEN, "conf-Secret"];
@@ -2107,8 +2497,8 @@ mod tests {
             assert!(text.contains(REDACTED));
         }
         assert_eq!(c.redacted()["api_token"], REDACTED);
-        assert_eq!(c.redacted()["pgpool_conf"]["sr_check_password"], REDACTED);
-        assert_eq!(c.pgpool_conf["sr_check_password"], "conf-Secret-pw-4");
+        assert_eq!(c.redacted()["pgpool_conf"]["recovery_password"], REDACTED);
+        assert_eq!(c.pgpool_conf["recovery_password"], "conf-Secret-pw-4");
 
         // Problems about secrets, or about variables that may hold one, never show the value.
         let file = TempFile::new("both-leak", "file-Secret-pw-6");
@@ -2120,7 +2510,7 @@ mod tests {
             ("PGPOOL_SIDECAR_PCP_PASSWORD", PCP_PW),
             ("PGPOOL_SIDECAR_API_TOKEN", "short-Secret"),
             ("PGPOOL_SIDECAR_PCP_PASWORD", "typo-Secret-pw-7"),
-            ("PGPOOL_CONF_RECOVERY_PASSWORD", "conf-Secret\npw"),
+            ("PGPOOL_CONF_WD_LIFECHECK_PASSWORD", "conf-Secret\npw"),
         ]);
         let err = load(&vars).unwrap_err();
         assert_eq!(err.problems.len(), 4, "{err}");

@@ -39,7 +39,9 @@ pub enum DaemonError {
 impl DaemonError {
     pub fn exit_code(&self) -> i32 {
         match self {
-            DaemonError::Config(_) | DaemonError::PgpoolConf(ConfError::Reserved { .. }) => 64,
+            DaemonError::Config(_)
+            | DaemonError::PgpoolConf(ConfError::Reserved { .. })
+            | DaemonError::PgpoolConf(ConfError::Unwritable { .. }) => 64,
             _ => 1,
         }
     }

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use pgpool_sidecar::config::{self, LogFormat, ProcessEnv, DEFAULT_HOOK_SOCKET};
+use pgpool_sidecar::pgpool::conf::{pgpool_conf, Paths};
 use pgpool_sidecar::{daemon, hook};
 
 /// Exit code for bad configuration (EX_USAGE).
@@ -123,6 +124,12 @@ async fn main() -> ExitCode {
         }
         Command::Configcheck => match load_config() {
             Ok(cfg) => {
+                // `run` renders pgpool.conf before anything else; the same refusals here, with
+                // the same exit code, so a passing configcheck means `run` gets that far.
+                if let Err(e) = pgpool_conf(&cfg, &Paths::default()) {
+                    eprintln!("pgpool-sidecar: invalid configuration:\n{e}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
                 println!(
                     "{}",
                     serde_json::to_string_pretty(&cfg.redacted()).expect("json")

@@ -82,6 +82,29 @@ fn bad_config_exits_64_and_names_the_variable() {
             vec![],
             "PGPOOL_CONF_FAILOVER_COMMAND",
         ),
+        (
+            with(&[("PGPOOL_CONF_INCLUDE", "/etc/passwd")]),
+            vec![],
+            "PGPOOL_CONF_INCLUDE",
+        ),
+        (
+            with(&[(
+                "PGPOOL_CONF_LOG_LINE_PREFIX",
+                "'%m' failover_command = '/bin/true %d'",
+            )]),
+            vec![],
+            "PGPOOL_CONF_LOG_LINE_PREFIX",
+        ),
+        (
+            with(&[("PGPOOL_SIDECAR_HOOK_SOCKET", "/tmp/h.sock;true")]),
+            vec![],
+            "PGPOOL_SIDECAR_HOOK_SOCKET",
+        ),
+        (
+            with(&[("PGPOOL_SIDECAR_PCP_PASSWORD_FILE", "/dev/zero")]),
+            vec!["PGPOOL_SIDECAR_PCP_PASSWORD"],
+            "PGPOOL_SIDECAR_PCP_PASSWORD_FILE",
+        ),
     ];
     for (env, remove, var) in cases {
         let (code, log) = run_container(&env, &remove);
@@ -135,4 +158,90 @@ fn hook_without_daemon_or_with_bad_arguments_fails_loudly() {
     let (code, _, err) = sh(Command::new(bin).args(["hook", "promote-everything"]));
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("unrecognized subcommand"), "{err}");
+}
+
+/// Runs `configcheck` with `env`, killing it after `limit` so a hang fails instead of blocking.
+fn configcheck(env: &[(&str, &str)], limit: std::time::Duration) -> (i32, String) {
+    use std::io::Read;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pgpool-sidecar"))
+        .env_clear()
+        .arg("configcheck")
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("configcheck starts");
+    let started = std::time::Instant::now();
+    let code = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status.code().unwrap_or(-1);
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("configcheck did not finish within {limit:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut log = String::new();
+    for pipe in [
+        child.stdout.take().map(|p| Box::new(p) as Box<dyn Read>),
+        child.stderr.take().map(|p| Box::new(p) as Box<dyn Read>),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        let mut pipe = pipe;
+        let _ = pipe.read_to_string(&mut log);
+    }
+    (code, log)
+}
+
+#[test]
+fn configcheck_refuses_what_run_refuses() {
+    let fifo = std::env::temp_dir().join(format!("pgst-cfg-fifo-{}", std::process::id()));
+    let _ = std::fs::remove_file(&fifo);
+    let (code, _, err) = sh(Command::new("mkfifo").arg(&fifo));
+    assert_eq!(code, 0, "{err}");
+    let fifo_path = fifo.to_str().expect("utf-8").to_owned();
+    let mut cases: Vec<(Vec<(&str, &str)>, &str)> = vec![
+        (
+            with(&[("PGPOOL_CONF_FAILOVER_COMMAND", "/bin/true")]),
+            "PGPOOL_CONF_FAILOVER_COMMAND",
+        ),
+        (
+            with(&[("PGPOOL_CONF_WORK_DIR", "/tmp")]),
+            "PGPOOL_CONF_WORK_DIR",
+        ),
+        (
+            with(&[("PGPOOL_CONF_INCLUDE", "/etc/passwd")]),
+            "PGPOOL_CONF_INCLUDE",
+        ),
+        (
+            with(&[("PGPOOL_CONF_LOG_LINE_PREFIX", "it's")]),
+            "PGPOOL_CONF_LOG_LINE_PREFIX",
+        ),
+        (
+            with(&[("PGPOOL_SIDECAR_HOOK_SOCKET", "/tmp/$(id)")]),
+            "PGPOOL_SIDECAR_HOOK_SOCKET",
+        ),
+        (
+            with(&[("PGPOOL_SIDECAR_SUPERUSER", "post:gres")]),
+            "PGPOOL_SIDECAR_SUPERUSER",
+        ),
+    ];
+    // A FIFO as a secret file: refused, not waited on.
+    let mut with_fifo: Vec<(&str, &str)> = base_env();
+    with_fifo.retain(|(k, _)| *k != "PGPOOL_SIDECAR_PCP_PASSWORD");
+    with_fifo.push(("PGPOOL_SIDECAR_PCP_PASSWORD_FILE", &fifo_path));
+    cases.push((with_fifo, "PGPOOL_SIDECAR_PCP_PASSWORD_FILE"));
+    for (env, var) in cases {
+        let (code, log) = configcheck(&env, std::time::Duration::from_secs(10));
+        assert_eq!(code, 64, "{var}: exit code {code}, log:\n{log}");
+        assert!(log.contains(var), "{var} not named in:\n{log}");
+        for secret in ["x-super", "x-repl", "x-pcp"] {
+            assert!(!log.contains(secret), "secret leaked in:\n{log}");
+        }
+    }
+    let _ = std::fs::remove_file(&fifo);
 }

@@ -12,8 +12,12 @@ use crate::config::Config;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfError {
-    #[error("PGPOOL_CONF_{}: `{key}` is managed by pgpool-sidecar and cannot be overridden", .key.to_uppercase())]
+    #[error("PGPOOL_CONF_{}: {}", .key.to_uppercase(), pass_through_refusal(.key))]
     Reserved { key: String },
+    /// A value the config check should have refused; the file is not written rather than
+    /// written so that pgpool fails to start on it. The value may be a secret: not shown.
+    #[error("pgpool.conf: the value of `{key}` cannot be written: {reason}")]
+    Unwritable { key: String, reason: &'static str },
     #[error("cannot write {path}: {message}")]
     Write { path: String, message: String },
 }
@@ -60,9 +64,23 @@ impl Paths {
     }
 }
 
-/// Keys whose value the sidecar's safety depends on: a pass-through may not change them.
-fn reserved(key: &str) -> bool {
+/// Keys whose value the sidecar's safety depends on: a pass-through may not change them. The one
+/// list, checked when the configuration is loaded (so `configcheck` sees it) and again here.
+///
+/// Each is something the sidecar writes and then relies on: the backends and their order (node
+/// ids), the hooks that hand failover to the sidecar, the ports and PCP address its own PCP calls
+/// and SQL use, the status directory (`logdir`, named `work_dir` since pgpool 4.7) whose
+/// `pgpool_status` it writes, a pid file in the container's run directory (one on a volume would
+/// outlive a killed pgpool), and the check credentials that pgpool finds in pool_passwd (a
+/// password here would also sit in this world-readable file).
+pub fn reserved(key: &str) -> bool {
+    let per_node = |base: &str| {
+        key.strip_prefix(base)
+            .is_some_and(|rest| rest.bytes().all(|b| b.is_ascii_digit()))
+    };
     key.starts_with("backend_")
+        || per_node("health_check_user")
+        || per_node("health_check_password")
         || matches!(
             key,
             "failover_command"
@@ -70,35 +88,106 @@ fn reserved(key: &str) -> bool {
                 | "failback_command"
                 | "pool_passwd"
                 | "logdir"
+                | "work_dir"
+                | "pid_file_name"
                 | "pcp_port"
+                | "pcp_listen_addresses"
                 | "port"
-                | "backend_clustering_mode"
                 | "auto_failback"
                 | "enable_pool_hba"
+                | "sr_check_user"
+                | "sr_check_password"
         )
 }
 
-/// A value as pgpool.conf wants it: numbers and booleans bare, everything else single-quoted.
-fn quote(value: &str) -> String {
-    let bare = value.parse::<f64>().is_ok()
+/// pgpool reads `include` as a directive to read another file, which could set anything.
+const INCLUDE: &str = "include";
+
+fn pass_through_refusal(key: &str) -> &'static str {
+    if key == INCLUDE {
+        "`include` would make pgpool read settings from another file; pass the settings one by one"
+    } else {
+        "the setting is managed by pgpool-sidecar and cannot be overridden"
+    }
+}
+
+/// Why a `PGPOOL_CONF_<NAME>` key (already lowercased) may not be passed through, if it may not.
+pub fn pass_through_key_problem(key: &str) -> Option<&'static str> {
+    (key == INCLUDE || reserved(key)).then(|| pass_through_refusal(key))
+}
+
+/// Why pgpool's config lexer would not read `value` back unchanged as a quoted string, if so.
+///
+/// Inside quotes the lexer takes any byte but a quote or a newline, or a backslash followed by
+/// any byte but a newline, and keeps the text as it stands: nothing is unescaped (only the
+/// pattern-list settings turn `\'` into `'` later, themselves). So a quote can appear only right
+/// after a backslash, and `''` is not a quote but the end of one string and the start of
+/// another. A NUL would cut the value short where pgpool copies it as a C string. A carriage
+/// return would be read, but is refused with the newline as almost surely a CRLF accident.
+pub fn conf_string_problem(value: &str) -> Option<&'static str> {
+    if value.contains('\n') || value.contains('\r') {
+        return Some("contains a newline, which pgpool.conf cannot hold in a value");
+    }
+    if value.contains('\0') {
+        return Some("contains a NUL byte, which pgpool.conf cannot hold");
+    }
+    let bytes = value.as_bytes();
+    let lone_quote = bytes
+        .iter()
+        .enumerate()
+        .any(|(i, &b)| b == b'\'' && (i == 0 || bytes[i - 1] != b'\\'));
+    if lone_quote {
+        return Some(
+            "contains a ' not preceded by \\; pgpool.conf has no way to write one \
+             (pgpool reads '' as two strings, and keeps \\' as both characters)",
+        );
+    }
+    None
+}
+
+/// A value as pgpool.conf wants it: whole numbers and booleans bare, everything else
+/// single-quoted exactly as it is. pgpool strips the quotes before it converts a value, so
+/// quoting is always right; bare is kept for the simplest forms only, each of which the lexer
+/// reads as one token (`1e5` bare, for one, would be read as `1e` and then a syntax error).
+fn quote(key: &str, value: &str) -> Result<String, ConfError> {
+    let digits = value.strip_prefix('-').unwrap_or(value);
+    let bare = (!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
         || matches!(
             value.to_ascii_lowercase().as_str(),
             "on" | "off" | "true" | "false"
-        )
-        || (value.len() >= 2 && value.starts_with('\'') && value.ends_with('\''));
+        );
     if bare {
-        value.to_string()
-    } else {
-        format!("'{}'", value.replace('\'', "''"))
+        return Ok(value.to_string());
     }
+    match conf_string_problem(value) {
+        None => Ok(format!("'{value}'")),
+        Some(reason) => Err(ConfError::Unwritable {
+            key: key.to_string(),
+            reason,
+        }),
+    }
+}
+
+/// Whether `s` can go into a `/bin/sh` command line unquoted, as pgpool runs the hooks: letters,
+/// digits and `/._-` only. That also keeps out `%`, which pgpool expands in these commands.
+pub fn shell_safe(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'.' | b'_' | b'-'))
 }
 
 /// pgpool.conf. Passwords are not in it: pgpool reads them from pool_passwd when the
 /// `*_password` settings are empty.
 pub fn pgpool_conf(cfg: &Config, paths: &Paths) -> Result<String, ConfError> {
     let mut s: BTreeMap<String, String> = BTreeMap::new();
-    let mut set = |k: &str, v: &str| {
-        s.insert(k.to_string(), quote(v));
+    let mut failed: Option<ConfError> = None;
+    let mut set = |k: &str, v: &str| match quote(k, v) {
+        Ok(q) => {
+            s.insert(k.to_string(), q);
+        }
+        Err(e) => {
+            failed.get_or_insert(e);
+        }
     };
     set("backend_clustering_mode", "streaming_replication");
     set("listen_addresses", "*");
@@ -138,6 +227,19 @@ pub fn pgpool_conf(cfg: &Config, paths: &Paths) -> Result<String, ConfError> {
     set("search_primary_node_timeout", "10");
     set("auto_failback", "off");
     set("detach_false_primary", "off");
+    // pgpool hands these to /bin/sh: anything but plain path characters could run something.
+    for (key, path) in [
+        ("failover_command", &paths.sidecar_bin),
+        ("failover_command", &cfg.hook_socket),
+    ] {
+        if !path.to_str().is_some_and(shell_safe) {
+            return Err(ConfError::Unwritable {
+                key: key.to_string(),
+                reason: "a path in the hook command has characters other than letters, digits \
+                         and /._-",
+            });
+        }
+    }
     let hook = |kind: &str, args: &str| {
         format!(
             "{} hook --socket {} {kind} {args}",
@@ -155,10 +257,13 @@ pub fn pgpool_conf(cfg: &Config, paths: &Paths) -> Result<String, ConfError> {
         set(&format!("backend_application_name{i}"), &node.host);
     }
     for (k, v) in &cfg.pgpool_conf {
-        if reserved(k) {
+        if pass_through_key_problem(k).is_some() {
             return Err(ConfError::Reserved { key: k.clone() });
         }
-        s.insert(k.clone(), quote(v));
+        set(k, v);
+    }
+    if let Some(e) = failed {
+        return Err(e);
     }
     let mut out = String::from("# Written by pgpool-sidecar at start; edits are overwritten.\n");
     for (k, v) in s {
@@ -167,7 +272,91 @@ pub fn pgpool_conf(cfg: &Config, paths: &Paths) -> Result<String, ConfError> {
     Ok(out)
 }
 
-/// pcp.conf: `user:md5(password)`.
+/// pool_passwd and pcp.conf keep at most this many bytes of a user name (pgpool's
+/// MAX_USER_NAME_LEN and MAX_USER_PASSWD_LEN), and pool_passwd as many of a clear-text password
+/// (after its `TEXT` prefix); more is cut off or refused, and the login fails.
+pub const MAX_AUTH_FILE_FIELD: usize = 128;
+/// The PCP client refuses a user name of this length or more.
+const MAX_PCP_USER: usize = MAX_AUTH_FILE_FIELD - 1;
+/// The PCP client reads its pass file in lines of at most this many bytes, newline included
+/// (NAMEDATALEN * 5 less the terminating NUL); a longer line is read as two.
+const MAX_PCPPASS_LINE: usize = 319;
+
+/// Why a value cannot be a field of a line-based file (every file written here), if so.
+pub fn line_field_problem(value: &str) -> Option<&'static str> {
+    if value.contains('\n') {
+        Some("contains a newline, which would split its line in pgpool's files")
+    } else if value.contains('\0') {
+        Some("contains a NUL byte, which pgpool would read as the end")
+    } else {
+        None
+    }
+}
+
+/// Why `user` cannot be a user name in pool_passwd (`user:password`, no escapes), if so.
+pub fn pool_passwd_user_problem(user: &str) -> Option<&'static str> {
+    line_field_problem(user).or(if user.contains(':') {
+        Some("contains ':', which ends the user name in pgpool's pool_passwd")
+    } else if user.len() > MAX_AUTH_FILE_FIELD {
+        Some("is longer than the 128 bytes pgpool's pool_passwd holds")
+    } else {
+        None
+    })
+}
+
+/// Why `password` cannot be a clear-text password in pool_passwd, if so. Never shows it.
+pub fn pool_passwd_password_problem(password: &str) -> Option<&'static str> {
+    line_field_problem(password).or((password.len() > MAX_AUTH_FILE_FIELD)
+        .then_some("is longer than the 128 bytes pgpool's pool_passwd holds"))
+}
+
+/// Why `user` cannot be the PCP user (pcp.conf `user:md5`, no escapes; the pass file escapes), if
+/// so.
+pub fn pcp_user_problem(user: &str) -> Option<&'static str> {
+    line_field_problem(user).or(if user.contains(':') {
+        Some("contains ':', which ends the user name in pgpool's pcp.conf")
+    } else if user.starts_with('#') {
+        Some("starts with '#', which makes its pcp.conf line a comment")
+    } else if user.len() > MAX_PCP_USER {
+        Some("is longer than the 127 bytes pgpool's PCP accepts")
+    } else {
+        None
+    })
+}
+
+/// Why `password` cannot go into the PCP pass file next to `user` and `port`, if so. Never
+/// shows it.
+pub fn pcp_password_problem(port: u16, user: &str, password: &str) -> Option<&'static str> {
+    line_field_problem(password).or(
+        (pcppass_line(port, user, password).len() > MAX_PCPPASS_LINE).then_some(
+            "is too long for the PCP client's pass file (319 bytes a line, ':' and '\\' \
+                 count twice)",
+        ),
+    )
+}
+
+/// The pass file's escape, as in libpq's .pgpass: a backslash before `:` and `\`.
+fn pcppass_escape(field: &str) -> String {
+    let mut out = String::with_capacity(field.len());
+    for c in field.chars() {
+        if matches!(c, ':' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn pcppass_line(port: u16, user: &str, password: &str) -> String {
+    format!(
+        "localhost:{port}:{}:{}\n",
+        pcppass_escape(user),
+        pcppass_escape(password)
+    )
+}
+
+/// pcp.conf: `user:md5(password)`. The user name has no escape here; config.rs refuses one this
+/// file cannot hold ([`pcp_user_problem`]).
 pub fn pcp_conf(cfg: &Config) -> String {
     let digest = Md5::digest(cfg.pcp_password.expose().as_bytes());
     let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
@@ -176,16 +365,12 @@ pub fn pcp_conf(cfg: &Config) -> String {
 
 /// The PCP password file our own `pcp_*` calls use (PCPPASSFILE).
 pub fn pcppass(cfg: &Config) -> String {
-    format!(
-        "localhost:{}:{}:{}\n",
-        cfg.pcp_port,
-        cfg.pcp_user,
-        cfg.pcp_password.expose()
-    )
+    pcppass_line(cfg.pcp_port, &cfg.pcp_user, cfg.pcp_password.expose())
 }
 
 /// pool_passwd with clear-text entries: SCRAM towards the backends needs the password itself.
-/// The file is mode 0600 inside the sidecar's container.
+/// The file is mode 0600 inside the sidecar's container. It has no escapes: config.rs refuses
+/// what it cannot hold ([`pool_passwd_user_problem`], [`pool_passwd_password_problem`]).
 pub fn pool_passwd(cfg: &Config) -> String {
     format!(
         "{}:TEXT{}\n",
@@ -230,7 +415,7 @@ mod tests {
     use super::*;
     use crate::config::{load, EnvSource};
 
-    fn cfg(extra: &[(&str, &str)]) -> Config {
+    fn base_env(extra: &[(&str, &str)]) -> Vec<(String, String)> {
         let mut env: Vec<(String, String)> = vec![
             ("PGPOOL_SIDECAR_NODES".into(), "pg-0,pg-1:5433,pg-2".into()),
             (
@@ -244,6 +429,11 @@ mod tests {
             ("PGPOOL_SIDECAR_PCP_PASSWORD".into(), "s3cret-pcp".into()),
         ];
         env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        env
+    }
+
+    fn cfg(extra: &[(&str, &str)]) -> Config {
+        let env = base_env(extra);
         let src: &dyn EnvSource = &env;
         load(src).expect("valid config")
     }
@@ -271,26 +461,293 @@ mod tests {
     fn pass_through_overrides_and_quotes() {
         let c = cfg(&[
             ("PGPOOL_CONF_NUM_INIT_CHILDREN", "64"),
-            ("PGPOOL_CONF_LOG_LINE_PREFIX", "it's %p"),
+            ("PGPOOL_CONF_LOG_LINE_PREFIX", "%m %p "),
             ("PGPOOL_CONF_LOAD_BALANCE_MODE", "off"),
+            ("PGPOOL_CONF_DELAY_THRESHOLD", "1e5"),
         ]);
         let text = pgpool_conf(&c, &Paths::default()).unwrap();
         assert!(text.contains("num_init_children = 64\n"));
-        assert!(text.contains("log_line_prefix = 'it''s %p'\n"));
+        assert!(text.contains("log_line_prefix = '%m %p '\n"));
         assert!(text.contains("load_balance_mode = off\n"));
+        // Bare, pgpool's lexer would read `1e` and then fail on `5`.
+        assert!(text.contains("delay_threshold = '1e5'\n"));
         assert_eq!(text.matches("num_init_children").count(), 1);
+    }
+
+    /// A model of pgpool's config lexer and parser (src/config/pool_config.l), written from its
+    /// token rules, to check that what we write is what pgpool reads: the settings in order, or
+    /// where it would stop with a syntax error.
+    fn pgpool_reads(text: &str) -> Result<Vec<(String, String)>, String> {
+        #[derive(Clone, Copy, PartialEq, Debug)]
+        enum Tok {
+            Eol,
+            Key,
+            Str,
+            Unquoted,
+            Int,
+            Real,
+            Equals,
+            Error,
+        }
+        let letter = |b: u8| b.is_ascii_alphabetic() || b == b'_' || b >= 0x80;
+        let letter_or_digit = |b: u8| letter(b) || b.is_ascii_digit();
+        let run = |s: &[u8], from: usize, f: &dyn Fn(u8) -> bool| {
+            s[from..].iter().take_while(|b| f(**b)).count()
+        };
+        // Longest match of `'([^'\n]|\\.)*'`: which positions the pattern can be in after each byte.
+        let string_len = |s: &[u8]| -> usize {
+            if s.first() != Some(&b'\'') {
+                return 0;
+            }
+            let (mut inside, mut escaped, mut best) = (true, false, 0);
+            for (i, &b) in s.iter().enumerate().skip(1) {
+                let (was_in, was_esc) = (inside, escaped);
+                inside = (was_in && b != b'\'' && b != b'\n') || (was_esc && b != b'\n');
+                escaped = was_in && b == b'\\';
+                if was_in && b == b'\'' {
+                    best = i + 1;
+                }
+                if !inside && !escaped {
+                    break;
+                }
+            }
+            best
+        };
+        let int_len = |s: &[u8]| -> usize {
+            let sign = usize::from(matches!(s.first(), Some(b'-' | b'+')));
+            let hex =
+                s[sign..].starts_with(b"0x") && s.get(sign + 2).is_some_and(u8::is_ascii_hexdigit);
+            let digits = if hex {
+                2 + run(s, sign + 2, &|b| b.is_ascii_hexdigit())
+            } else {
+                run(s, sign, &|b| b.is_ascii_digit())
+            };
+            if digits == 0 {
+                return 0;
+            }
+            let n = sign + digits;
+            n + run(s, n, &|b| b.is_ascii_alphabetic())
+        };
+        let real_len = |s: &[u8]| -> usize {
+            let sign = usize::from(matches!(s.first(), Some(b'-' | b'+')));
+            let mut n = sign + run(s, sign, &|b| b.is_ascii_digit());
+            if s.get(n) != Some(&b'.') {
+                return 0;
+            }
+            n += 1;
+            n += run(s, n, &|b| b.is_ascii_digit());
+            if matches!(s.get(n), Some(b'e' | b'E')) {
+                let mut m = n + 1;
+                m += usize::from(matches!(s.get(m), Some(b'-' | b'+')));
+                let d = run(s, m, &|b| b.is_ascii_digit());
+                if d > 0 {
+                    n = m + d;
+                }
+            }
+            n
+        };
+        let bytes = text.as_bytes();
+        let mut tokens: Vec<(Tok, &str)> = Vec::new();
+        let mut i = 0;
+        while i < bytes.len() {
+            let s = &bytes[i..];
+            match s[0] {
+                b'\n' => {
+                    tokens.push((Tok::Eol, "\n"));
+                    i += 1;
+                    continue;
+                }
+                b' ' | b'\t' | b'\r' => {
+                    i += 1;
+                    continue;
+                }
+                b'#' => {
+                    i += run(bytes, i, &|b| b != b'\n');
+                    continue;
+                }
+                _ => {}
+            }
+            let key = if letter(s[0]) {
+                1 + run(s, 1, &letter_or_digit)
+            } else {
+                0
+            };
+            let unquoted = if letter(s[0]) {
+                1 + run(s, 1, &|b| letter_or_digit(b) || b"-._:/".contains(&b))
+            } else {
+                0
+            };
+            // Flex: the longest match wins, the earlier rule on a tie.
+            let candidates = [
+                (Tok::Key, key),
+                (Tok::Str, string_len(s)),
+                (Tok::Unquoted, unquoted),
+                (Tok::Int, int_len(s)),
+                (Tok::Real, real_len(s)),
+                (Tok::Equals, usize::from(s[0] == b'=')),
+            ];
+            let (tok, len) =
+                candidates.iter().fold(
+                    (Tok::Error, 0),
+                    |best, &(t, n)| if n > best.1 { (t, n) } else { best },
+                );
+            let len = len.max(1);
+            tokens.push((tok, &text[i..i + len]));
+            i += len;
+        }
+        let mut out = Vec::new();
+        let mut it = tokens.into_iter().peekable();
+        while let Some((tok, t)) = it.next() {
+            match tok {
+                Tok::Eol => continue,
+                Tok::Key => {}
+                _ => return Err(format!("syntax error at {t:?}")),
+            }
+            let mut value = it.next().ok_or("key without value")?;
+            if value.0 == Tok::Equals {
+                value = it.next().ok_or("key without value")?;
+            }
+            let v = match value {
+                (Tok::Str, v) => v[1..v.len() - 1].to_string(),
+                (Tok::Eol | Tok::Error, v) => return Err(format!("bad value {v:?}")),
+                (_, v) => v.to_string(),
+            };
+            out.push((t.to_string(), v));
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn the_model_lexer_reads_like_pgpool() {
+        let read = pgpool_reads("a = 'x' b = 'y'\nc 5\nd = 'p\\'q'\ne = 1kB\n").unwrap();
+        let read: Vec<(&str, &str)> = read.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(
+            read,
+            [
+                ("a", "x"),
+                ("b", "y"),
+                ("c", "5"),
+                ("d", "p\\'q"),
+                ("e", "1kB")
+            ]
+        );
+        assert!(pgpool_reads("a = 'it''s'\n").is_err());
+        // `1e` is a number with a unit, and `5` cannot start a setting.
+        assert!(pgpool_reads("e = 1e5\n").is_err());
+        assert!(pgpool_reads("a = 'open\n").is_err());
+    }
+
+    #[test]
+    fn pgpool_reads_every_setting_exactly_as_given() {
+        let tricky = [
+            "'%m' failover_command = '/x %d'",
+            "%m' failover_command = '/x %d",
+            "it's %p",
+            "'quoted'",
+            "ends with a backslash \\",
+            "C:\\dir\\",
+            "x\\'y",
+            "1e5",
+            "0x1F",
+            "-3",
+            "+3",
+            ".5",
+            "inf",
+            "on",
+            "# not a comment",
+            "a = b",
+            "caf\u{e9}",
+            "",
+        ];
+        let paths = Paths::default();
+        let expected_hook = pgpool_reads(&pgpool_conf(&cfg(&[]), &paths).unwrap()).unwrap();
+        let hook = |r: &[(String, String)]| {
+            r.iter()
+                .filter(|(k, _)| k.ends_with("_command"))
+                .cloned()
+                .collect::<Vec<_>>()
+        };
+        for value in tricky {
+            let env = base_env(&[("PGPOOL_CONF_LOG_LINE_PREFIX", value)]);
+            let src: &dyn EnvSource = &env;
+            let c = match load(src) {
+                Ok(c) => c,
+                Err(e) => {
+                    // Refused instead: then with the variable named.
+                    assert_eq!(e.problems.len(), 1, "{value:?}: {e}");
+                    assert_eq!(e.problems[0].var, "PGPOOL_CONF_LOG_LINE_PREFIX");
+                    continue;
+                }
+            };
+            let text = pgpool_conf(&c, &paths).unwrap();
+            let read = pgpool_reads(&text).unwrap_or_else(|e| panic!("{value:?}: {e} in\n{text}"));
+            let prefixes: Vec<&str> = read
+                .iter()
+                .filter(|(k, _)| k == "log_line_prefix")
+                .map(|(_, v)| v.as_str())
+                .collect();
+            assert_eq!(prefixes, [value], "{text}");
+            assert_eq!(hook(&read), hook(&expected_hook), "{value:?}");
+            let mut keys: Vec<&String> = read.iter().map(|(k, _)| k).collect();
+            let n = keys.len();
+            keys.sort();
+            keys.dedup();
+            assert_eq!(keys.len(), n, "a key is set twice for {value:?}");
+        }
+    }
+
+    #[test]
+    fn include_is_refused() {
+        let env = base_env(&[("PGPOOL_CONF_INCLUDE", "/tmp/other.conf")]);
+        let src: &dyn EnvSource = &env;
+        let err = load(src).unwrap_err();
+        assert_eq!(err.problems[0].var, "PGPOOL_CONF_INCLUDE");
+        // A Config built some other way is refused when rendered, too.
+        let mut c = cfg(&[]);
+        c.pgpool_conf
+            .insert("include".into(), "/tmp/other.conf".into());
+        let err = pgpool_conf(&c, &Paths::default()).unwrap_err();
+        assert!(err.to_string().contains("PGPOOL_CONF_INCLUDE"), "{err}");
     }
 
     #[test]
     fn reserved_keys_are_refused_with_the_variable_name() {
-        let c = cfg(&[("PGPOOL_CONF_FAILOVER_COMMAND", "/bin/true")]);
-        let err = pgpool_conf(&c, &Paths::default()).unwrap_err();
-        assert!(
-            err.to_string().contains("PGPOOL_CONF_FAILOVER_COMMAND"),
-            "{err}"
-        );
-        let c = cfg(&[("PGPOOL_CONF_BACKEND_HOSTNAME0", "evil")]);
+        let env = base_env(&[("PGPOOL_CONF_FAILOVER_COMMAND", "/bin/true")]);
+        let src: &dyn EnvSource = &env;
+        let err = load(src).unwrap_err();
+        assert_eq!(err.problems[0].var, "PGPOOL_CONF_FAILOVER_COMMAND");
+        for key in ["failover_command", "backend_hostname0", "sr_check_password"] {
+            let mut c = cfg(&[]);
+            c.pgpool_conf.insert(key.into(), "evil".into());
+            let err = pgpool_conf(&c, &Paths::default()).unwrap_err();
+            assert!(
+                err.to_string()
+                    .contains(&format!("PGPOOL_CONF_{}", key.to_uppercase())),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn unreadable_values_are_not_rendered() {
+        let mut c = cfg(&[]);
+        c.pgpool_conf
+            .insert("log_line_prefix".into(), "a' b = 'c".into());
         assert!(pgpool_conf(&c, &Paths::default()).is_err());
+        let mut c = cfg(&[]);
+        c.superuser = "x'y".into();
+        assert!(pgpool_conf(&c, &Paths::default()).is_err());
+        let mut c = cfg(&[]);
+        c.hook_socket = "/tmp/x;reboot".into();
+        assert!(pgpool_conf(&c, &Paths::default()).is_err());
+    }
+
+    #[test]
+    fn pcppass_escapes_colon_and_backslash() {
+        let mut c = cfg(&[("PGPOOL_SIDECAR_PCP_PASSWORD", "p:w\\d")]);
+        assert_eq!(pcppass(&c), "localhost:9898:pcpadmin:p\\:w\\\\d\n");
+        c.pcp_user = "pcp\\x".into();
+        assert_eq!(pcppass(&c), "localhost:9898:pcp\\\\x:p\\:w\\\\d\n");
     }
 
     #[test]
