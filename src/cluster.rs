@@ -795,7 +795,8 @@ mod tests {
         assert_eq!(v.is_healthy_standby(1), Ok(()));
         assert!(v.is_healthy_standby(0).is_err());
         assert!(v.is_healthy_standby(9).is_err());
-        let cases: Vec<(&str, fn(&mut NodeView))> = vec![
+        type Spoil = fn(&mut NodeView);
+        let cases: Vec<(&str, Spoil)> = vec![
             ("a recovery is running on it", |n| n.busy = true),
             ("it is fenced", |n| n.fenced = true),
             ("it does not answer", |n| n.pg = None),

@@ -271,6 +271,7 @@ pub async fn repoint(ctx: &Ctx, node: usize, primary: usize) {
         .await
         .set_upstream(
             &conninfo,
+            &ctx.passfile_line(),
             slot.as_deref(),
             ctx.probe_timeout().max(Duration::from_secs(2)),
         )

@@ -139,23 +139,42 @@ pub fn sql_ident(v: &str) -> String {
     format!("\"{}\"", v.replace('"', "\"\""))
 }
 
-/// The `primary_conninfo` a standby of `primary` uses. `application_name` is the node's name so
-/// the primary's `pg_stat_replication` and `synchronous_standby_names` can name it.
+/// The standby's password file, in its data directory (it survives a container's recreation,
+/// like the data): the replication password lives there, never in `primary_conninfo`, which
+/// PostgreSQL logs in full on every change ("parameter primary_conninfo changed to …").
+pub const PASSFILE: &str = "sidecar.pgpass";
+
+/// The `primary_conninfo` a standby of `primary` uses, without a password: [`with_passfile`]
+/// adds where the password is. `application_name` is the node's name so the primary's
+/// `pg_stat_replication` and `synchronous_standby_names` can name it.
 pub fn primary_conninfo(
     primary_host: &str,
     primary_port: u16,
     user: &str,
-    password: &Secret,
     application_name: &str,
 ) -> String {
     format!(
-        "host={} port={} user={} password={} application_name={} connect_timeout=2 keepalives_idle=5 keepalives_interval=2 keepalives_count=3",
+        "host={} port={} user={} application_name={} connect_timeout=2 keepalives_idle=5 keepalives_interval=2 keepalives_count=3",
         conninfo_quote(primary_host),
         primary_port,
         conninfo_quote(user),
-        conninfo_quote(password.expose()),
         conninfo_quote(application_name)
     )
+}
+
+/// `conninfo` reading its password from the [`PASSFILE`] in data directory `pgdata`.
+pub fn with_passfile(conninfo: &str, pgdata: &str) -> String {
+    format!(
+        "{conninfo} passfile={}",
+        conninfo_quote(&format!("{}/{PASSFILE}", pgdata.trim_end_matches('/')))
+    )
+}
+
+/// The one line of the [`PASSFILE`]: `user`'s password for any primary (the file outlives
+/// failovers). `:` and `\` are escaped as libpq's password file wants.
+pub fn passfile_line(user: &str, password: &Secret) -> String {
+    let esc = |v: &str| v.replace('\\', "\\\\").replace(':', "\\:");
+    format!("*:*:*:{}:{}", esc(user), esc(password.expose()))
 }
 
 fn rows(msgs: Vec<SimpleQueryMessage>) -> Vec<tokio_postgres::SimpleQueryRow> {
@@ -377,17 +396,41 @@ impl Session {
     pub async fn set_upstream(
         &mut self,
         conninfo: &str,
+        passfile_line: &str,
         slot: Option<&str>,
         timeout: Duration,
     ) -> Result<(), PgError> {
-        // A failing statement is logged by the server with its text, and this one holds the
-        // replication password.
-        self.query("SET log_min_error_statement = panic", timeout)
-            .await?;
+        // The password file's statement holds the replication password: no log of this session
+        // may show a statement, failing or slow.
+        for quiet in [
+            "SET log_min_error_statement = panic",
+            "SET log_statement = 'none'",
+            "SET log_min_duration_statement = -1",
+        ] {
+            self.query(quiet, timeout).await?;
+        }
+        let pgdata = self.show("data_directory", timeout).await?;
+        let path = format!("{}/{PASSFILE}", pgdata.trim_end_matches('/'));
+        // CSV with delimiter and quote characters no line holds: the line is written as it is
+        // (text format would double its backslashes). The server's umask makes it 0600, which
+        // libpq insists on.
+        if passfile_line.contains(['\x01', '\x02', '\n', '\r']) {
+            return Err(self.unexpected("the replication password cannot go into a password file"));
+        }
+        self.query(
+            &format!(
+                "COPY (SELECT {}) TO {} WITH (FORMAT csv, DELIMITER E'\\x01', QUOTE E'\\x02')",
+                sql_literal(passfile_line),
+                sql_literal(&path)
+            ),
+            timeout,
+        )
+        .await?;
+        let conninfo = with_passfile(conninfo, &pgdata);
         self.query(
             &format!(
                 "ALTER SYSTEM SET primary_conninfo = {}",
-                sql_literal(conninfo)
+                sql_literal(&conninfo)
             ),
             timeout,
         )
@@ -515,6 +558,20 @@ pub fn synchronous_standby_names(n: u32, standbys: &[String]) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn standby_conninfo_has_no_password_and_the_passfile_escapes() {
+        let c = primary_conninfo("pg-1", 5432, "repl", "pg-2");
+        assert!(!c.contains("password"), "{c}");
+        let c = with_passfile(&c, "/var/lib/postgresql/data/");
+        assert!(
+            c.ends_with(" passfile='/var/lib/postgresql/data/sidecar.pgpass'"),
+            "{c}"
+        );
+        let line = passfile_line("re:pl", &Secret::new("a:b\\c"));
+        assert_eq!(line, "*:*:*:re\\:pl:a\\:b\\\\c");
+    }
+
     use super::*;
 
     #[test]

@@ -106,6 +106,7 @@ case "$state" in
     ;;
 esac
 pg_rewind -D "$PGDATA" --source-server="host=$SOURCE_HOST port=$SOURCE_PORT user=$SOURCE_USER dbname=postgres" 2>&1
+(umask 077; printf '%s\n' "$STANDBY_PASSFILE_LINE" > "$PGDATA/sidecar.pgpass")
 printf '%s\n' "$STANDBY_CONF" >> "$PGDATA/postgresql.auto.conf"
 touch "$PGDATA/standby.signal"
 echo "rewind complete"
@@ -114,6 +115,7 @@ echo "rewind complete"
 /// Turns a cleanly stopped data directory into a standby's.
 const STANDBY_SCRIPT: &str = r#"
 set -euo pipefail
+(umask 077; printf '%s\n' "$STANDBY_PASSFILE_LINE" > "$PGDATA/sidecar.pgpass")
 printf '%s\n' "$STANDBY_CONF" >> "$PGDATA/postgresql.auto.conf"
 touch "$PGDATA/standby.signal"
 echo "standby configuration written"
@@ -130,6 +132,7 @@ find "$PGDATA" -mindepth 1 -delete
 pg_basebackup -h "$SOURCE_HOST" -p "$SOURCE_PORT" -U "$SOURCE_USER" -D "$PGDATA" \
   -X stream -c fast --no-password --progress --verbose 2>&1 | tr '\r' '\n' | grep -v '^$' | tail -n 20
 test -s "$PGDATA/PG_VERSION"
+(umask 077; printf '%s\n' "$STANDBY_PASSFILE_LINE" > "$PGDATA/sidecar.pgpass")
 printf '%s\n' "$STANDBY_CONF" >> "$PGDATA/postgresql.auto.conf"
 touch "$PGDATA/standby.signal"
 echo "rebuild complete"
@@ -384,12 +387,22 @@ async fn identify(ctx: &Ctx, container: &ContainerInfo) -> Result<String, Recove
 /// Lines appended to `postgresql.auto.conf` (the last value of a setting wins there). The slot
 /// line is always written: pg_basebackup and pg_rewind copy the source's file, which may name
 /// the source's own slot from its time as a standby.
-fn standby_conf(ctx: &Ctx, node: usize, primary: usize, slot: Option<&str>) -> String {
-    format!(
-        "primary_conninfo = {}\nprimary_slot_name = {}",
-        conf_literal(&ctx.conninfo_for(node, primary)),
-        conf_literal(slot.unwrap_or(""))
-    )
+fn standby_conf(
+    ctx: &Ctx,
+    node: usize,
+    primary: usize,
+    slot: Option<&str>,
+    pgdata: &str,
+) -> Vec<String> {
+    let conninfo = crate::postgres::with_passfile(&ctx.conninfo_for(node, primary), pgdata);
+    vec![
+        format!(
+            "STANDBY_CONF=primary_conninfo = {}\nprimary_slot_name = {}",
+            conf_literal(&conninfo),
+            conf_literal(slot.unwrap_or(""))
+        ),
+        format!("STANDBY_PASSFILE_LINE={}", ctx.passfile_line()),
+    ]
 }
 
 /// The environment of a job that copies from `primary` as `user` and leaves `node` a standby of
@@ -400,15 +413,17 @@ fn source_env(
     primary: usize,
     user: (&str, &crate::config::Secret),
     slot: Option<&str>,
+    pgdata: &str,
 ) -> Vec<String> {
     let p = &ctx.cfg.nodes[primary];
-    vec![
+    let mut env = vec![
         format!("SOURCE_HOST={}", p.host),
         format!("SOURCE_PORT={}", p.port),
         format!("SOURCE_USER={}", user.0),
         format!("PGPASSWORD={}", user.1.expose()),
-        format!("STANDBY_CONF={}", standby_conf(ctx, node, primary, slot)),
-    ]
+    ];
+    env.extend(standby_conf(ctx, node, primary, slot, pgdata));
+    env
 }
 
 /// Runs a job that leaves a standby's data directory behind, then: start, stream, attach.
@@ -471,6 +486,7 @@ async fn rewind(
         primary,
         (&ctx.cfg.superuser, &ctx.cfg.superuser_password),
         slot.as_deref(),
+        &container.pgdata,
     );
     let out = standby_job(
         ctx,
@@ -508,6 +524,7 @@ async fn rebuild(
         primary,
         (&ctx.cfg.replication_user, &ctx.cfg.replication_password),
         slot.as_deref(),
+        &container.pgdata,
     );
     standby_job(
         ctx,
@@ -531,10 +548,7 @@ pub async fn demote_cleanly_stopped(
     container: &ContainerInfo,
 ) -> Result<(), RecoveryError> {
     let slot = crate::slots::ensure_for(ctx, primary, node).await;
-    let env = vec![format!(
-        "STANDBY_CONF={}",
-        standby_conf(ctx, node, primary, slot.as_deref())
-    )];
+    let env = standby_conf(ctx, node, primary, slot.as_deref(), &container.pgdata);
     standby_job(
         ctx,
         node,

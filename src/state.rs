@@ -121,9 +121,13 @@ impl Ctx {
             &p.host,
             p.port,
             &self.cfg.replication_user,
-            &self.cfg.replication_password,
             self.node_name(node),
         )
+    }
+
+    /// The line of a standby's password file (see [`crate::postgres::PASSFILE`]).
+    pub fn passfile_line(&self) -> String {
+        crate::postgres::passfile_line(&self.cfg.replication_user, &self.cfg.replication_password)
     }
 
     pub fn node_name(&self, node: usize) -> &str {

@@ -303,3 +303,35 @@ async fn jobs_do_not_outlive_the_sidecar() {
     assert_eq!(code, 0, "{err}");
     recover_pg2(&c).await;
 }
+
+/// After a failover (standbys re-pointed) and the old primary's rewind and rejoin, no log of any
+/// node or of the sidecar holds a password, and `primary_conninfo` holds none either.
+#[tokio::test]
+async fn no_password_in_any_log_after_failover_and_rejoin() {
+    let c = ready(Cluster::new("nopw")).await;
+    let (code, _, err) = c.docker(&["kill", &c.container("pg-0")]);
+    assert_eq!(code, 0, "{err}");
+    c.write_until_ok(1, Duration::from_secs(30)).await;
+    let new = c.pool_primary().await.expect("a new primary");
+    assert!(new == "pg-1" || new == "pg-2", "{new}");
+    // Auto-rejoin rewinds the fenced old primary and attaches it.
+    c.wait_pool(&new, &ALL, Duration::from_secs(90)).await;
+    for n in ALL.iter().filter(|n| **n != new) {
+        let client = c.node(n).await.expect("standby answers");
+        let conninfo = query(&client, "SHOW primary_conninfo").await.unwrap()[0][0]
+            .clone()
+            .unwrap_or_default();
+        assert!(conninfo.contains("passfile="), "{n}: {conninfo}");
+        assert!(!conninfo.contains("password"), "{n}: {conninfo}");
+        assert!(
+            conninfo.contains(&format!("host='{new}'")),
+            "{n}: {conninfo}"
+        );
+    }
+    for service in ["pg-0", "pg-1", "pg-2", "pgpool"] {
+        let logs = c.logs(service);
+        for secret in SECRETS {
+            assert!(!logs.contains(secret), "a secret in the log of {service}");
+        }
+    }
+}
