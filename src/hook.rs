@@ -185,9 +185,18 @@ async fn dispatch(ctx: &Arc<Ctx>, req: HookRequest) -> HookResponse {
                     message: format!("unknown node id {node}"),
                 };
             };
-            let (primary, fenced) = ctx.with_state(|s| (s.view.primary, s.fenced.contains(&node)));
+            // Under the failover lock, like every re-point: a promotion in flight would
+            // otherwise be undone for this standby.
+            let _guard = ctx.failover_lock.lock().await;
+            let (primary, may_follow) = ctx.with_state(|s| {
+                let primary = s.view.primary;
+                let followers = primary
+                    .map(|p| crate::cluster::followers(&s.view, p, &[]))
+                    .unwrap_or_default();
+                (primary, followers.contains(&node))
+            });
             match primary {
-                Some(p) if p != node && !fenced => {
+                Some(p) if may_follow => {
                     failover::repoint(ctx, node, p).await;
                     ctx.wake.notify_one();
                     ok(format!(

@@ -117,6 +117,8 @@ async fn restore_old_primary(ctx: &Ctx, old: &ContainerInfo, failed_target: Opti
             .await;
         if probe.is_ok_and(|pg| !pg.in_recovery) {
             tracing::warn!(node = %old.name, "old primary takes writes again");
+            // A pass that looked while it was down would fail it over: such views are void.
+            ctx.with_state(|s| s.generation += 1);
             break;
         }
         if Instant::now() > deadline {
