@@ -31,6 +31,14 @@ pub enum PgError {
     Connection { node: String, message: String },
     #[error("node {node} returned an unexpected answer: {message}")]
     Unexpected { node: String, message: String },
+    /// A row without a column the query selects, or with a value of the wrong kind there: a
+    /// server (or something posing as one) answering another question than the one asked.
+    #[error("node {node} answered the {query} query with a row lacking a usable {column}")]
+    UnexpectedRow {
+        node: String,
+        query: &'static str,
+        column: &'static str,
+    },
     #[error("promotion of node {0} did not complete")]
     PromoteFailed(String),
 }
@@ -177,6 +185,181 @@ pub fn passfile_line(user: &str, password: &Secret) -> String {
     format!("*:*:*:{}:{}", esc(user), esc(password.expose()))
 }
 
+/// The columns of the probe query, by name.
+pub const PROBE_COLUMNS: [&str; 10] = [
+    "in_recovery",
+    "system_identifier",
+    "timeline",
+    "current_lsn",
+    "receive_lsn",
+    "replay_lsn",
+    "receiver_status",
+    "sender_host",
+    "user_databases",
+    "replay_paused",
+];
+
+/// The columns of the `pg_stat_replication` query, by name.
+pub const REPLICATION_COLUMNS: [&str; 5] = [
+    "application_name",
+    "state",
+    "lag_bytes",
+    "lag_seconds",
+    "sync_state",
+];
+
+/// The columns of the `pg_replication_slots` query, by name.
+pub const SLOT_COLUMNS: [&str; 4] = ["slot_name", "active", "wal_status", "retained_bytes"];
+
+/// The first of `expected` that the row does not have.
+pub fn first_missing(
+    expected: &[&'static str],
+    has: impl Fn(&str) -> bool,
+) -> Option<&'static str> {
+    expected.iter().copied().find(|c| !has(c))
+}
+
+/// A server row as the parsers below read it: column name → text, `None` for SQL NULL. The row
+/// must carry every expected column first, so a short row is an error and never a row of NULLs
+/// (a missing `in_recovery` would otherwise read as "primary", a missing `user_databases` as
+/// "nobody's data here").
+pub fn columns<'r>(
+    node: &str,
+    query: &'static str,
+    row: &'r tokio_postgres::SimpleQueryRow,
+    expected: &[&'static str],
+) -> Result<impl Fn(&str) -> Option<&'r str> + 'r, PgError> {
+    if let Some(column) = first_missing(expected, |c| row.try_get(c).is_ok()) {
+        return Err(PgError::UnexpectedRow {
+            node: node.to_string(),
+            query,
+            column,
+        });
+    }
+    Ok(move |c: &str| row.try_get(c).ok().flatten())
+}
+
+/// Typed reads of one row; every failure names the query and the column.
+struct Fields<'n, G> {
+    node: &'n str,
+    query: &'static str,
+    get: G,
+}
+
+impl<'r, G: Fn(&str) -> Option<&'r str>> Fields<'_, G> {
+    fn bad(&self, column: &'static str) -> PgError {
+        PgError::UnexpectedRow {
+            node: self.node.to_string(),
+            query: self.query,
+            column,
+        }
+    }
+
+    fn nullable(&self, column: &'static str) -> Option<&'r str> {
+        (self.get)(column)
+    }
+
+    fn text(&self, column: &'static str) -> Result<&'r str, PgError> {
+        self.nullable(column).ok_or_else(|| self.bad(column))
+    }
+
+    fn flag(&self, column: &'static str) -> Result<bool, PgError> {
+        match self.text(column)? {
+            "t" => Ok(true),
+            "f" => Ok(false),
+            _ => Err(self.bad(column)),
+        }
+    }
+
+    /// NULL is `None`; text that does not parse is an error, not a default.
+    fn parsed<T: std::str::FromStr>(&self, column: &'static str) -> Result<Option<T>, PgError> {
+        self.nullable(column)
+            .map(|v| v.parse().map_err(|_| self.bad(column)))
+            .transpose()
+    }
+
+    fn lsn(&self, column: &'static str) -> Result<Option<u64>, PgError> {
+        self.nullable(column)
+            .map(|v| parse_lsn(v).ok_or_else(|| self.bad(column)))
+            .transpose()
+    }
+}
+
+/// The probe's row (see [`PROBE_COLUMNS`]) as a [`PgState`].
+pub fn parse_probe<'r>(
+    node: &str,
+    get: impl Fn(&str) -> Option<&'r str>,
+) -> Result<PgState, PgError> {
+    let f = Fields {
+        node,
+        query: "probe",
+        get,
+    };
+    let in_recovery = f.flag("in_recovery")?;
+    let system_identifier = f
+        .parsed("system_identifier")?
+        .ok_or_else(|| f.bad("system_identifier"))?;
+    let timeline = f.parsed("timeline")?.unwrap_or(0);
+    let current = f.lsn("current_lsn")?;
+    let receive_lsn = f.lsn("receive_lsn")?;
+    let replay_lsn = f.lsn("replay_lsn")?;
+    let lsn = if in_recovery {
+        receive_lsn.unwrap_or(0).max(replay_lsn.unwrap_or(0))
+    } else {
+        current.unwrap_or(0)
+    };
+    Ok(PgState {
+        in_recovery,
+        system_identifier,
+        timeline,
+        lsn,
+        receive_lsn,
+        replay_lsn,
+        streaming: f.nullable("receiver_status") == Some("streaming"),
+        upstream_host: f.nullable("sender_host").map(str::to_string),
+        user_databases: f
+            .nullable("user_databases")
+            .map(|s| s.split(',').map(str::to_string).collect())
+            .unwrap_or_default(),
+        wal_receiver_paused: f.flag("replay_paused")?,
+    })
+}
+
+/// One row of the `pg_stat_replication` query (see [`REPLICATION_COLUMNS`]).
+pub fn parse_replica<'r>(
+    node: &str,
+    get: impl Fn(&str) -> Option<&'r str>,
+) -> Result<ReplicaStat, PgError> {
+    let f = Fields {
+        node,
+        query: "pg_stat_replication",
+        get,
+    };
+    Ok(ReplicaStat {
+        application_name: f.text("application_name")?.to_string(),
+        // NULL for a walsender that has not said who it is yet.
+        state: f.nullable("state").unwrap_or_default().to_string(),
+        replay_lag_bytes: f.parsed::<i64>("lag_bytes")?.unwrap_or(0).max(0) as u64,
+        replay_lag_seconds: f.parsed("lag_seconds")?.unwrap_or(0.0),
+        sync_state: f.nullable("sync_state").unwrap_or_default().to_string(),
+    })
+}
+
+/// One row of the `pg_replication_slots` query (see [`SLOT_COLUMNS`]).
+pub fn parse_slot<'r>(node: &str, get: impl Fn(&str) -> Option<&'r str>) -> Result<Slot, PgError> {
+    let f = Fields {
+        node,
+        query: "pg_replication_slots",
+        get,
+    };
+    Ok(Slot {
+        name: f.text("slot_name")?.to_string(),
+        active: f.flag("active")?,
+        wal_status: f.text("wal_status")?.to_string(),
+        retained_bytes: f.parsed::<i64>("retained_bytes")?.map(|v| v.max(0) as u64),
+    })
+}
+
 fn rows(msgs: Vec<SimpleQueryMessage>) -> Vec<tokio_postgres::SimpleQueryRow> {
     msgs.into_iter()
         .filter_map(|m| match m {
@@ -204,36 +387,33 @@ impl Session {
     }
 
     async fn client(&mut self, timeout: Duration) -> Result<&Client, PgError> {
-        if self.client.as_ref().is_some_and(|c| c.is_closed()) {
-            self.client = None;
+        if let Some(client) = self.client.take().filter(|c| !c.is_closed()) {
+            return Ok(self.client.insert(client));
         }
-        if self.client.is_none() {
-            let cfg = self.endpoint.config(timeout);
-            let node = self.endpoint.name.clone();
-            let (client, conn) = match tokio::time::timeout(timeout, cfg.connect(NoTls)).await {
-                Err(_) => {
-                    return Err(PgError::TimedOut {
-                        node,
-                        millis: timeout.as_millis(),
-                    })
-                }
-                Ok(Err(e)) => {
-                    return Err(PgError::Unreachable {
-                        node,
-                        message: e.to_string(),
-                    })
-                }
-                Ok(Ok(v)) => v,
-            };
-            let task_name = format!("pg-conn-{node}");
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(task = %task_name, error = %e, "connection closed");
-                }
-            });
-            self.client = Some(client);
-        }
-        Ok(self.client.as_ref().expect("connected above"))
+        let cfg = self.endpoint.config(timeout);
+        let node = self.endpoint.name.clone();
+        let (client, conn) = match tokio::time::timeout(timeout, cfg.connect(NoTls)).await {
+            Err(_) => {
+                return Err(PgError::TimedOut {
+                    node,
+                    millis: timeout.as_millis(),
+                })
+            }
+            Ok(Err(e)) => {
+                return Err(PgError::Unreachable {
+                    node,
+                    message: e.to_string(),
+                })
+            }
+            Ok(Ok(v)) => v,
+        };
+        let task_name = format!("pg-conn-{node}");
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(task = %task_name, error = %e, "connection closed");
+            }
+        });
+        Ok(self.client.insert(client))
     }
 
     /// Runs one simple-protocol query with a deadline; drops the connection on failure.
@@ -297,51 +477,30 @@ impl Session {
 
     /// One probe: role, identity, position and replication state in a single round trip.
     pub async fn probe(&mut self, timeout: Duration) -> Result<PgState, PgError> {
-        const SQL: &str = "SELECT pg_is_in_recovery(), \
-              (SELECT system_identifier FROM pg_control_system())::text, \
+        const SQL: &str = "SELECT pg_is_in_recovery() AS in_recovery, \
+              (SELECT system_identifier FROM pg_control_system())::text AS system_identifier, \
               CASE WHEN pg_is_in_recovery() \
                    THEN coalesce((SELECT received_tli FROM pg_stat_wal_receiver), \
                                  (SELECT timeline_id FROM pg_control_checkpoint())) \
-                   ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END, \
-              CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn() END, \
-              pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn(), \
-              (SELECT status FROM pg_stat_wal_receiver), \
-              (SELECT sender_host FROM pg_stat_wal_receiver), \
+                   ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int \
+              END AS timeline, \
+              CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn() END AS current_lsn, \
+              pg_last_wal_receive_lsn() AS receive_lsn, pg_last_wal_replay_lsn() AS replay_lsn, \
+              (SELECT status FROM pg_stat_wal_receiver) AS receiver_status, \
+              (SELECT sender_host FROM pg_stat_wal_receiver) AS sender_host, \
               (SELECT string_agg(datname, ',' ORDER BY datname) FROM pg_database \
-                 WHERE datname NOT IN ('postgres', 'template0', 'template1')), \
-              CASE WHEN pg_is_in_recovery() THEN pg_is_wal_replay_paused() ELSE false END";
+                 WHERE datname NOT IN ('postgres', 'template0', 'template1')) AS user_databases, \
+              CASE WHEN pg_is_in_recovery() THEN pg_is_wal_replay_paused() ELSE false END \
+                AS replay_paused";
         let rows = self.query(SQL, timeout).await?;
         let row = rows
             .first()
             .ok_or_else(|| self.unexpected("probe returned no row"))?;
-        let get = |i: usize| row.get(i).map(str::to_string);
-        let in_recovery = get(0).as_deref() == Some("t");
-        let system_identifier = get(1)
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| self.unexpected("no system identifier"))?;
-        let timeline = get(2).and_then(|s| s.parse().ok()).unwrap_or(0);
-        let current = get(3).as_deref().and_then(parse_lsn);
-        let receive_lsn = get(4).as_deref().and_then(parse_lsn);
-        let replay_lsn = get(5).as_deref().and_then(parse_lsn);
-        let lsn = if in_recovery {
-            receive_lsn.unwrap_or(0).max(replay_lsn.unwrap_or(0))
-        } else {
-            current.unwrap_or(0)
-        };
-        Ok(PgState {
-            in_recovery,
-            system_identifier,
-            timeline,
-            lsn,
-            receive_lsn,
-            replay_lsn,
-            streaming: get(6).as_deref() == Some("streaming"),
-            upstream_host: get(7),
-            user_databases: get(8)
-                .map(|s| s.split(',').map(str::to_string).collect())
-                .unwrap_or_default(),
-            wal_receiver_paused: get(9).as_deref() == Some("t"),
-        })
+        let state = parse_probe(
+            self.name(),
+            columns(self.name(), "probe", row, &PROBE_COLUMNS)?,
+        );
+        state
     }
 
     /// The primary's view of its standbys, keyed by application_name.
@@ -350,29 +509,20 @@ impl Session {
         timeout: Duration,
     ) -> Result<HashMap<String, ReplicaStat>, PgError> {
         const SQL: &str = "SELECT application_name, state, \
-              coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn), 0)::bigint, \
-              coalesce(extract(epoch from replay_lag), 0)::float8, sync_state \
+              coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn), 0)::bigint AS lag_bytes, \
+              coalesce(extract(epoch from replay_lag), 0)::float8 AS lag_seconds, sync_state \
               FROM pg_stat_replication";
         let rows = self.query(SQL, timeout).await?;
-        let mut out = HashMap::new();
-        for r in rows {
-            let name = r.get(0).unwrap_or_default().to_string();
-            out.insert(
-                name.clone(),
-                ReplicaStat {
-                    application_name: name,
-                    state: r.get(1).unwrap_or_default().to_string(),
-                    replay_lag_bytes: r
-                        .get(2)
-                        .and_then(|s| s.parse::<i64>().ok())
-                        .unwrap_or(0)
-                        .max(0) as u64,
-                    replay_lag_seconds: r.get(3).and_then(|s| s.parse().ok()).unwrap_or(0.0),
-                    sync_state: r.get(4).unwrap_or_default().to_string(),
-                },
-            );
-        }
-        Ok(out)
+        let node = self.name();
+        rows.iter()
+            .map(|r| {
+                let stat = parse_replica(
+                    node,
+                    columns(node, "pg_stat_replication", r, &REPLICATION_COLUMNS)?,
+                )?;
+                Ok((stat.application_name.clone(), stat))
+            })
+            .collect()
     }
 
     /// Promotes this standby and waits until it accepts writes.
@@ -384,7 +534,7 @@ impl Session {
                 timeout + Duration::from_secs(1),
             )
             .await?;
-        match rows.first().and_then(|r| r.get(0)) {
+        match rows.first().and_then(|r| r.try_get(0).ok().flatten()) {
             Some("t") => Ok(()),
             _ => Err(PgError::PromoteFailed(self.endpoint.name.clone())),
         }
@@ -478,26 +628,24 @@ impl Session {
     /// The physical slots whose names start with `prefix`, with how much WAL each holds back.
     pub async fn slots(&mut self, prefix: &str, timeout: Duration) -> Result<Vec<Slot>, PgError> {
         let sql = format!(
-            "SELECT slot_name, active, coalesce(wal_status, ''), \
+            "SELECT slot_name, active, coalesce(wal_status, '') AS wal_status, \
                CASE WHEN pg_is_in_recovery() THEN NULL \
-                    ELSE pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint END \
+                    ELSE pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint \
+               END AS retained_bytes \
              FROM pg_replication_slots \
              WHERE slot_type = 'physical' AND starts_with(slot_name::text, {})",
             sql_literal(prefix)
         );
         let rows = self.query(&sql, timeout).await?;
-        Ok(rows
-            .iter()
-            .map(|r| Slot {
-                name: r.get(0).unwrap_or_default().to_string(),
-                active: r.get(1) == Some("t"),
-                wal_status: r.get(2).unwrap_or_default().to_string(),
-                retained_bytes: r
-                    .get(3)
-                    .and_then(|v| v.parse::<i64>().ok())
-                    .map(|v| v.max(0) as u64),
+        let node = self.name();
+        rows.iter()
+            .map(|r| {
+                parse_slot(
+                    node,
+                    columns(node, "pg_replication_slots", r, &SLOT_COLUMNS)?,
+                )
             })
-            .collect())
+            .collect()
     }
 
     /// Creates a physical slot that reserves WAL from now on; an existing one is kept. True
@@ -537,7 +685,7 @@ impl Session {
             )
             .await?;
         rows.first()
-            .and_then(|r| r.get(0))
+            .and_then(|r| r.try_get(0).ok().flatten())
             .map(str::to_string)
             .ok_or_else(|| self.unexpected("no setting value"))
     }
@@ -603,5 +751,140 @@ mod tests {
             "ANY 2 (\"pg-1\", \"pg-2\")"
         );
         assert_eq!(synchronous_standby_names(1, &[]), "");
+    }
+
+    fn lookup<'a>(row: &'a [(&'a str, Option<&'a str>)]) -> impl Fn(&str) -> Option<&'a str> {
+        move |c| row.iter().find(|(k, _)| *k == c).and_then(|(_, v)| *v)
+    }
+
+    fn column_of(e: PgError) -> &'static str {
+        match e {
+            PgError::UnexpectedRow { column, .. } => column,
+            other => panic!("expected UnexpectedRow, got {other}"),
+        }
+    }
+
+    const STANDBY: [(&str, Option<&str>); 10] = [
+        ("in_recovery", Some("t")),
+        ("system_identifier", Some("7300000000000000001")),
+        ("timeline", Some("2")),
+        ("current_lsn", None),
+        ("receive_lsn", Some("0/3000100")),
+        ("replay_lsn", Some("0/3000060")),
+        ("receiver_status", Some("streaming")),
+        ("sender_host", Some("pg-0")),
+        ("user_databases", Some("app,shop")),
+        ("replay_paused", Some("f")),
+    ];
+
+    #[test]
+    fn probe_row_parses() {
+        let s = parse_probe("pg-1", lookup(&STANDBY)).unwrap();
+        assert!(s.in_recovery && s.streaming && !s.wal_receiver_paused);
+        assert_eq!(s.system_identifier, 7300000000000000001);
+        assert_eq!((s.timeline, s.lsn), (2, 0x3000100));
+        assert_eq!(s.upstream_host.as_deref(), Some("pg-0"));
+        assert_eq!(s.user_databases, ["app", "shop"]);
+    }
+
+    #[test]
+    fn short_or_garbage_probe_rows_are_errors_not_a_primary() {
+        // An empty row must not read as a primary with no data on it.
+        assert_eq!(
+            column_of(parse_probe("pg-1", |_| None).unwrap_err()),
+            "in_recovery"
+        );
+        for (column, garbage) in [
+            ("in_recovery", "yes"),
+            ("system_identifier", "-1"),
+            ("timeline", "two"),
+            ("receive_lsn", "3000100"),
+            ("replay_paused", ""),
+        ] {
+            let mut row = STANDBY;
+            row.iter_mut().find(|(k, _)| *k == column).unwrap().1 = Some(garbage);
+            let e = parse_probe("pg-1", lookup(&row)).unwrap_err();
+            assert_eq!(column_of(e), column);
+        }
+        let mut row = STANDBY;
+        row[1].1 = None;
+        assert_eq!(
+            column_of(parse_probe("pg-1", lookup(&row)).unwrap_err()),
+            "system_identifier"
+        );
+    }
+
+    #[test]
+    fn a_row_missing_a_selected_column_is_named() {
+        let have = ["in_recovery", "system_identifier"];
+        assert_eq!(
+            first_missing(&PROBE_COLUMNS, |c| have.contains(&c)),
+            Some("timeline")
+        );
+        assert_eq!(first_missing(&SLOT_COLUMNS, |_| true), None);
+        let e = PgError::UnexpectedRow {
+            node: "pg-1".into(),
+            query: "probe",
+            column: "timeline",
+        };
+        assert_eq!(
+            e.to_string(),
+            "node pg-1 answered the probe query with a row lacking a usable timeline"
+        );
+    }
+
+    #[test]
+    fn replication_rows_parse_and_reject_garbage() {
+        let row = [
+            ("application_name", Some("pg-1")),
+            ("state", Some("streaming")),
+            ("lag_bytes", Some("-5")),
+            ("lag_seconds", Some("0.25")),
+            ("sync_state", Some("quorum")),
+        ];
+        let r = parse_replica("pg-0", lookup(&row)).unwrap();
+        assert_eq!(r.application_name, "pg-1");
+        assert_eq!((r.replay_lag_bytes, r.replay_lag_seconds), (0, 0.25));
+        assert_eq!(r.sync_state, "quorum");
+        assert_eq!(
+            column_of(parse_replica("pg-0", |_| None).unwrap_err()),
+            "application_name"
+        );
+        let mut bad = row;
+        bad[2].1 = Some("lots");
+        assert_eq!(
+            column_of(parse_replica("pg-0", lookup(&bad)).unwrap_err()),
+            "lag_bytes"
+        );
+    }
+
+    #[test]
+    fn slot_rows_parse_and_reject_garbage() {
+        let row = [
+            ("slot_name", Some("sidecar_pg_1")),
+            ("active", Some("t")),
+            ("wal_status", Some("reserved")),
+            ("retained_bytes", Some("4096")),
+        ];
+        let s = parse_slot("pg-0", lookup(&row)).unwrap();
+        assert_eq!(s.name, "sidecar_pg_1");
+        assert!(s.active);
+        assert_eq!(s.retained_bytes, Some(4096));
+        let mut standby = row;
+        standby[3].1 = None;
+        assert_eq!(
+            parse_slot("pg-0", lookup(&standby)).unwrap().retained_bytes,
+            None
+        );
+        assert_eq!(
+            column_of(parse_slot("pg-0", lookup(&row[..1])).unwrap_err()),
+            "active"
+        );
+        let mut bad = row;
+        bad[1].1 = Some("maybe");
+        assert_eq!(
+            column_of(parse_slot("pg-0", lookup(&bad)).unwrap_err()),
+            "active"
+        );
     }
 }

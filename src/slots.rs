@@ -179,9 +179,26 @@ async fn ensure_guard(ctx: &Ctx, session: &mut Session) -> Result<(), String> {
         )
         .await
         .map_err(|e| e.to_string())?;
-    let row = rows.first();
-    let have = row.and_then(|r| r.get(0)).unwrap_or_default();
-    let source = row.and_then(|r| r.get(1)).unwrap_or_default();
+    let row = match rows.first() {
+        Some(r) => Some(
+            crate::postgres::columns(
+                session.name(),
+                "max_slot_wal_keep_size",
+                r,
+                &["setting", "source"],
+            )
+            .map_err(|e| e.to_string())?,
+        ),
+        None => None,
+    };
+    let have = row
+        .as_ref()
+        .and_then(|get| get("setting"))
+        .unwrap_or_default();
+    let source = row
+        .as_ref()
+        .and_then(|get| get("source"))
+        .unwrap_or_default();
     if have == want {
         return Ok(());
     }

@@ -18,8 +18,10 @@ use crate::reaper::Reaper;
 pub enum PgpoolError {
     #[error("pgpool did not answer SHOW POOL_NODES: {0}")]
     NotAnswering(#[from] PgError),
-    #[error("SHOW POOL_NODES row is malformed: {0}")]
-    Malformed(String),
+    /// A row without a column pgpool 4.3 shows, or with garbage in it: another pgpool version,
+    /// or something else answering on its port.
+    #[error("pgpool answered SHOW POOL_NODES with a row lacking a usable {column}")]
+    UnexpectedRow { column: &'static str },
     #[error("{command} for node {node} failed: {message}")]
     Pcp {
         command: &'static str,
@@ -86,20 +88,25 @@ pub struct PoolNode {
 impl PoolNode {
     /// Builds a row from a column lookup, so the parser is testable without a server.
     pub fn from_columns<'a>(get: impl Fn(&str) -> Option<&'a str>) -> Result<Self, PgpoolError> {
-        let need = |c: &str| get(c).ok_or_else(|| PgpoolError::Malformed(format!("missing {c}")));
-        let status_text = need("status")?;
+        let need = |column: &'static str| get(column).ok_or(PgpoolError::UnexpectedRow { column });
+        fn parsed<T: std::str::FromStr>(
+            column: &'static str,
+            value: &str,
+        ) -> Result<T, PgpoolError> {
+            value
+                .parse()
+                .map_err(|_| PgpoolError::UnexpectedRow { column })
+        }
         Ok(PoolNode {
-            node_id: need("node_id")?
-                .parse()
-                .map_err(|_| PgpoolError::Malformed("node_id".into()))?,
+            node_id: parsed("node_id", need("node_id")?)?,
             hostname: need("hostname")?.to_string(),
-            port: need("port")?
-                .parse()
-                .map_err(|_| PgpoolError::Malformed("port".into()))?,
-            status: PoolStatus::parse(status_text)
-                .ok_or_else(|| PgpoolError::Malformed(format!("status {status_text}")))?,
+            port: parsed("port", need("port")?)?,
+            status: PoolStatus::parse(need("status")?)
+                .ok_or(PgpoolError::UnexpectedRow { column: "status" })?,
             role: need("role")?.to_string(),
             pg_role: get("pg_role").unwrap_or("unknown").to_string(),
+            // Informational only, and its unit changed between pgpool versions: not worth
+            // failing the node table over.
             replication_delay: get("replication_delay")
                 .and_then(|s| s.parse().ok())
                 .unwrap_or(0),
@@ -255,5 +262,33 @@ mod tests {
         assert!(PoolNode::from_columns(|c| r.get(c).copied()).is_err());
         let r = row(&[("node_id", "0"), ("status", "sideways")]);
         assert!(PoolNode::from_columns(|c| r.get(c).copied()).is_err());
+    }
+
+    #[test]
+    fn short_and_garbage_rows_name_the_column() {
+        let column = |r: &HashMap<&str, &str>| match PoolNode::from_columns(|c| r.get(c).copied()) {
+            Err(PgpoolError::UnexpectedRow { column }) => column,
+            other => panic!("expected UnexpectedRow, got {other:?}"),
+        };
+        assert_eq!(column(&row(&[])), "node_id");
+        assert_eq!(column(&row(&[("node_id", "-1")])), "node_id");
+        assert_eq!(column(&row(&[("node_id", "0")])), "hostname");
+        let full = [
+            ("node_id", "0"),
+            ("hostname", "pg-0"),
+            ("port", "70000"),
+            ("status", "up"),
+            ("role", "primary"),
+        ];
+        assert_eq!(column(&row(&full)), "port");
+        let mut short = full;
+        short[2].1 = "5432";
+        assert_eq!(column(&row(&short[..4])), "role");
+        short[3].1 = "sideways";
+        assert_eq!(column(&row(&short)), "status");
+        assert_eq!(
+            PgpoolError::UnexpectedRow { column: "role" }.to_string(),
+            "pgpool answered SHOW POOL_NODES with a row lacking a usable role"
+        );
     }
 }
