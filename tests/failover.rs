@@ -220,7 +220,7 @@ async fn hung_primary_is_failed_over_and_stays_fenced() {
     c.docker(&["pause", &c.container("pg-0")]);
     let secs = c.write_until_ok(1, Duration::from_secs(30)).await;
     eprintln!("docker pause: writes resumed after {secs:.2} s");
-    assert_ne!(c.pool_primary().await.as_deref(), Some("pg-0"));
+    c.primary_other_than("pg-0").await;
     let id = c.container_any("pg-0");
     c.docker(&["unpause", &id]);
     assert_fenced(&c, "pg-0", old_port).await;
@@ -236,7 +236,7 @@ async fn partitioned_primary_is_failed_over_and_stays_fenced() {
     assert_eq!(code, 0, "{err}");
     let secs = c.write_until_ok(1, Duration::from_secs(30)).await;
     eprintln!("network disconnect: writes resumed after {secs:.2} s");
-    assert_ne!(c.pool_primary().await.as_deref(), Some("pg-0"));
+    c.primary_other_than("pg-0").await;
     c.docker(&["network", "connect", &net, &id]);
     assert_fenced(&c, "pg-0", old_port).await;
 }
@@ -346,7 +346,7 @@ async fn frozen_primary_processes_are_caught_by_the_probes() {
     assert_eq!(c.inspect("pg-0", "{{.State.Status}}"), "running");
     let secs = c.write_until_ok(1, Duration::from_secs(30)).await;
     eprintln!("frozen processes: writes resumed after {secs:.2} s");
-    assert_ne!(c.pool_primary().await.as_deref(), Some("pg-0"));
+    c.primary_other_than("pg-0").await;
     assert_fenced(&c, "pg-0", old_port).await;
     let logs = c.logs("pgpool");
     assert!(

@@ -435,7 +435,7 @@ async fn failback_restores_the_preferred_primary() {
     .await;
     c.docker(&["kill", &c.container("pg-0")]);
     c.write_until_ok(1, Duration::from_secs(30)).await;
-    assert_ne!(c.pool_primary().await.as_deref(), Some("pg-0"));
+    c.primary_other_than("pg-0").await;
     // Rejoined by rewind, then switched back to as soon as it is caught up.
     wait_for("pg-0 primary again", Duration::from_secs(120), || async {
         (c.pool_primary().await.as_deref() == Some("pg-0")).then_some(())

@@ -172,7 +172,10 @@ impl Cluster {
         let sidecar: Vec<&str> = out
             .lines()
             .filter(|l| {
-                l.starts_with("pgpool_1") && !l.contains("child pid") && !l.contains("fork a new")
+                // Compose v1 prefixes `pgpool_1`, v2 `pgpool-1`.
+                (l.starts_with("pgpool_1") || l.starts_with("pgpool-1"))
+                    && !l.contains("child pid")
+                    && !l.contains("fork a new")
             })
             .collect();
         if !print {
@@ -420,6 +423,17 @@ impl Cluster {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// pgpool has a primary, and it is not `old`: what "failed over" means (a bare "not pg-0"
+    /// would also pass with no primary at all).
+    pub async fn primary_other_than(&self, old: &str) -> String {
+        let p = self
+            .pool_primary()
+            .await
+            .unwrap_or_else(|| panic!("pgpool has no primary after {old} failed"));
+        assert_ne!(p, old, "pgpool still routes writes to {old}");
+        p
     }
 
     async fn pool_primary_once(&self) -> Option<String> {
