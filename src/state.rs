@@ -73,6 +73,8 @@ pub struct State {
     pub last_spec: BTreeMap<usize, bollard::models::ContainerInspectResponse>,
     /// Each standby's replication slot on the primary, as last seen.
     pub slots: BTreeMap<usize, crate::postgres::Slot>,
+    /// When the reconcile loop last finished a pass: `/healthz` fails when it is too long ago.
+    pub last_pass: Option<std::time::Instant>,
 }
 
 /// Everything a task needs; cloned as `Arc<Ctx>`.
