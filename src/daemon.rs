@@ -34,6 +34,11 @@ pub enum DaemonError {
     Http { addr: String, message: String },
     #[error("cannot install signal handlers: {0}")]
     Signals(String),
+    /// A task that should run until shutdown returned; the log names it.
+    #[error(
+        "a background task ended while the daemon was running; stopped so the container restarts"
+    )]
+    TaskEnded,
 }
 
 impl DaemonError {
@@ -42,12 +47,101 @@ impl DaemonError {
             DaemonError::Config(_)
             | DaemonError::PgpoolConf(ConfError::Reserved { .. })
             | DaemonError::PgpoolConf(ConfError::Unwritable { .. }) => 64,
+            DaemonError::TaskEnded => EXIT_SOFTWARE,
             _ => 1,
         }
     }
 }
 
+/// Exit status of a daemon that found itself broken (EX_SOFTWARE): a panic, or a task that
+/// should run until shutdown ended.
+pub const EXIT_SOFTWARE: i32 = 70;
+
+/// Longest panic message logged; the rest is cut.
+const PANIC_MESSAGE_MAX: usize = 1000;
+
+/// One mechanism for panics, process-wide: a panic anywhere ends the process with
+/// [`EXIT_SOFTWARE`]. Left alone, tokio catches a task's panic and ends only that task, leaving
+/// a daemon without its reconcile loop (no failover any more) whose HTTP still answers. A hook
+/// covers every task and thread, tracked or not (hyper's connection tasks, the SQL connection
+/// drivers), where checking each JoinHandle for `is_panic` would miss the untracked ones and
+/// need a task to await them. It runs before unwinding, so no lock is left poisoned for the
+/// survivors. As PID 1 of the container the exit takes pgpool with it, and the restart policy
+/// brings both back together.
+fn install_panic_hook(cfg: &Config) {
+    let secrets: Vec<String> = [
+        Some(&cfg.superuser_password),
+        Some(&cfg.replication_password),
+        Some(&cfg.pcp_password),
+        cfg.api_token.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|s| s.expose().to_string())
+    .filter(|s| !s.is_empty())
+    .collect();
+    std::panic::set_hook(Box::new(move |info| {
+        // The panic may have happened inside the logger, holding its lock: the process must end
+        // even if logging below never returns.
+        let _ = std::thread::Builder::new().spawn(|| {
+            std::thread::sleep(Duration::from_secs(2));
+            std::process::exit(EXIT_SOFTWARE);
+        });
+        let location = info.location().map(|l| l.to_string()).unwrap_or_default();
+        tracing::error!(
+            %location,
+            panic = %panic_message(info.payload(), &secrets),
+            "panic: the daemon exits so that the container restarts it"
+        );
+        std::process::exit(EXIT_SOFTWARE);
+    }));
+}
+
+/// A panic's message for the log: secrets from the config are blanked (a message may quote a
+/// connection string), and it is cut to a bounded length.
+pub fn panic_message(payload: &(dyn std::any::Any + Send), secrets: &[String]) -> String {
+    let text = if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        return "(no message)".into();
+    };
+    let mut text = secrets
+        .iter()
+        .fold(text, |t, secret| t.replace(secret.as_str(), "<redacted>"));
+    if text.len() > PANIC_MESSAGE_MAX {
+        let mut end = PANIC_MESSAGE_MAX;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push('…');
+    }
+    text
+}
+
+/// Why the daemon stops.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Stop {
+    Signal,
+    /// The daemon was cancelled without a signal: a task ended that should not have.
+    TaskEnded,
+}
+
+/// Waits for a signal, or for a task's unexpected end (which cancels the daemon).
+pub async fn wait_for_stop(
+    signal: impl std::future::Future<Output = Result<(), DaemonError>>,
+    cancel: &CancellationToken,
+) -> Result<Stop, DaemonError> {
+    tokio::select! {
+        r = signal => r.map(|()| Stop::Signal),
+        _ = cancel.cancelled() => Ok(Stop::TaskEnded),
+    }
+}
+
 pub async fn run(cfg: Config) -> Result<(), DaemonError> {
+    install_panic_hook(&cfg);
     let cfg = Arc::new(cfg);
     let paths = Paths::default();
     // Before anything else: a bad pass-through is a config error, not a runtime one.
@@ -99,19 +193,21 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     // start on the same volume: none may exist before the first pass.
     remove_jobs(&ctx, "start").await;
 
-    ctx.spawn("http", http::serve(ctx.clone(), listener));
+    ctx.spawn_essential("http", http::serve(ctx.clone(), listener));
     let hook_path = ctx.cfg.hook_socket.clone();
     let c = ctx.clone();
-    ctx.spawn("hook-socket", async move {
+    // Without the socket pgpool's failover and follow-primary callbacks fail: ending the daemon
+    // makes that visible instead of running half-alive.
+    ctx.spawn_essential("hook-socket", async move {
         if let Err(e) = hook::serve(c, hook_path).await {
-            tracing::error!(error = %e, "hook socket unavailable: pgpool's callbacks will fail");
+            tracing::error!(error = %e, "hook socket unavailable: pgpool's callbacks would fail");
         }
     });
-    ctx.spawn("reconcile", reconcile::run(ctx.clone()));
-    ctx.spawn("docker-events", reconcile::watch_events(ctx.clone()));
+    ctx.spawn_essential("reconcile", reconcile::run(ctx.clone()));
+    ctx.spawn_essential("docker-events", reconcile::watch_events(ctx.clone()));
 
-    wait_for_signal().await?;
-    tracing::info!("shutting down");
+    let stop = wait_for_stop(wait_for_signal(), &ctx.cancel).await?;
+    tracing::info!(reason = ?stop, "shutting down");
     ctx.cancel.cancel();
     // Cancelled recovery tasks drop their jobs' futures, not the containers.
     remove_jobs(&ctx, "shutdown").await;
@@ -124,7 +220,10 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         tracing::warn!(tasks = ?left, "tasks did not finish within 9 s");
     }
     tracing::info!("stopped");
-    Ok(())
+    match stop {
+        Stop::Signal => Ok(()),
+        Stop::TaskEnded => Err(DaemonError::TaskEnded),
+    }
 }
 
 async fn remove_jobs(ctx: &Ctx, when: &str) {
@@ -151,4 +250,41 @@ async fn wait_for_signal() -> Result<(), DaemonError> {
         _ = int.recv() => {}
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn panic_messages_hide_secrets_and_are_bounded() {
+        let secrets = vec!["hunter2".to_string()];
+        let p: Box<dyn std::any::Any + Send> =
+            Box::new("connect password=hunter2 failed".to_string());
+        assert_eq!(
+            panic_message(p.as_ref(), &secrets),
+            "connect password=<redacted> failed"
+        );
+        let p: Box<dyn std::any::Any + Send> = Box::new("index out of bounds");
+        assert_eq!(panic_message(p.as_ref(), &secrets), "index out of bounds");
+        let p: Box<dyn std::any::Any + Send> = Box::new(42u8);
+        assert_eq!(panic_message(p.as_ref(), &secrets), "(no message)");
+        let p: Box<dyn std::any::Any + Send> = Box::new("é".repeat(PANIC_MESSAGE_MAX));
+        assert!(panic_message(p.as_ref(), &secrets).len() <= PANIC_MESSAGE_MAX + 3);
+    }
+
+    #[tokio::test]
+    async fn a_cancel_without_a_signal_is_a_failure() {
+        let cancel = CancellationToken::new();
+        let signal = std::future::pending::<Result<(), DaemonError>>();
+        crate::state::task_ended("reconcile", true, &cancel);
+        let stop = tokio::time::timeout(Duration::from_secs(5), wait_for_stop(signal, &cancel))
+            .await
+            .expect("the daemon stops")
+            .unwrap();
+        assert_eq!(stop, Stop::TaskEnded);
+        assert_eq!(DaemonError::TaskEnded.exit_code(), EXIT_SOFTWARE);
+        let stop = wait_for_stop(async { Ok(()) }, &CancellationToken::new()).await;
+        assert_eq!(stop.unwrap(), Stop::Signal);
+    }
 }

@@ -8,6 +8,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -35,8 +36,68 @@ fn json_reply(status: StatusCode, v: serde_json::Value) -> Resp {
     reply(status, "application/json", v.to_string())
 }
 
+/// Extra time a pass may take while the failover lock is held: a promotion waits up to 30 s
+/// inside the pass, and a switchover holds the lock a pass may wait for.
+const FAILOVER_ALLOWANCE: Duration = Duration::from_secs(60);
+
+/// How long the first pass may take after start: it lists the containers and adopts a primary
+/// while the nodes may still be starting.
+const STARTUP_GRACE: Duration = Duration::from_secs(30);
+
+/// Age of the last pass beyond which the reconcile loop counts as stuck: three missed ticks,
+/// or one tick plus two probe timeouts for a pass whose probes and follow-up calls both hang
+/// to their deadline, whichever is longer.
+pub fn stale_after(probe_interval: Duration, probe_timeout: Duration) -> Duration {
+    (probe_interval * 3).max(probe_interval + probe_timeout * 2)
+}
+
+/// The `/healthz` rule. Pure, for unit tests. Until the first pass completes the daemon counts
+/// as healthy for `limit` + [`STARTUP_GRACE`] after start; after that a pass must have
+/// completed within `limit` (plus [`FAILOVER_ALLOWANCE`] while a failover runs). `Err` is the
+/// reason.
+pub fn liveness(
+    now: Instant,
+    started: Instant,
+    last_pass: Option<Instant>,
+    limit: Duration,
+    failing_over: bool,
+) -> Result<(), String> {
+    let limit = if failing_over {
+        limit + FAILOVER_ALLOWANCE
+    } else {
+        limit
+    };
+    match last_pass {
+        Some(at) if now.saturating_duration_since(at) > limit => Err(format!(
+            "the last reconcile pass completed {:.1} s ago (limit {:.1} s)",
+            now.saturating_duration_since(at).as_secs_f64(),
+            limit.as_secs_f64()
+        )),
+        Some(_) => Ok(()),
+        None if now.saturating_duration_since(started) > limit + STARTUP_GRACE => Err(format!(
+            "no reconcile pass completed in the {:.1} s since start",
+            now.saturating_duration_since(started).as_secs_f64()
+        )),
+        None => Ok(()),
+    }
+}
+
+fn healthz(ctx: &Ctx, started: Instant) -> Resp {
+    let last_pass = ctx.with_state(|s| s.last_pass);
+    let failing_over = ctx.failover_lock.try_lock().is_err();
+    let limit = stale_after(ctx.cfg.probe_interval, ctx.cfg.probe_timeout);
+    match liveness(Instant::now(), started, last_pass, limit, failing_over) {
+        Ok(()) => json_reply(StatusCode::OK, json!({ "status": "ok" })),
+        Err(reason) => json_reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({ "status": "unhealthy", "reason": reason }),
+        ),
+    }
+}
+
 /// Serves until the daemon is cancelled (the task is dropped).
 pub async fn serve(ctx: Arc<Ctx>, listener: TcpListener) {
+    let started = Instant::now();
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(s) => s,
@@ -49,7 +110,7 @@ pub async fn serve(ctx: Arc<Ctx>, listener: TcpListener) {
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
                 let c = c.clone();
-                async move { Ok::<_, Infallible>(route(&c, req).await) }
+                async move { Ok::<_, Infallible>(route(&c, req, started).await) }
             });
             // A client that never finishes its request headers must not hold a task forever;
             // a recovery it asked for may legitimately take minutes.
@@ -151,7 +212,7 @@ async fn switchover(ctx: &Arc<Ctx>, req: Request<Incoming>) -> Resp {
     }
 }
 
-async fn route(ctx: &Arc<Ctx>, req: Request<Incoming>) -> Resp {
+async fn route(ctx: &Arc<Ctx>, req: Request<Incoming>, started: Instant) -> Resp {
     let path = req.uri().path().to_string();
     if req.method() == Method::POST {
         if path == "/switchover" {
@@ -170,7 +231,7 @@ async fn route(ctx: &Arc<Ctx>, req: Request<Incoming>) -> Resp {
             "text/plain; version=0.0.4",
             ctx.metrics.render(),
         ),
-        (&Method::GET, "/healthz") => reply(StatusCode::OK, "text/plain", "ok\n"),
+        (&Method::GET, "/healthz") => healthz(ctx, started),
         (&Method::GET, "/readyz") => {
             let (ready, why) = ctx.with_state(|s| {
                 if s.view.primary.is_none() {
@@ -246,4 +307,39 @@ pub fn status(ctx: &Ctx) -> serde_json::Value {
             "config": ctx.cfg.redacted(),
         })
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn stale_after_covers_missed_ticks_and_hung_probes() {
+        assert_eq!(stale_after(S, S), 3 * S);
+        assert_eq!(stale_after(2 * S, 5 * S), 12 * S);
+    }
+
+    #[test]
+    fn healthz_fails_when_the_last_pass_is_old() {
+        let start = Instant::now();
+        let limit = 3 * S;
+        let at = |secs: u32| start + secs * S;
+        assert!(liveness(at(100), start, Some(at(98)), limit, false).is_ok());
+        let e = liveness(at(100), start, Some(at(90)), limit, false).unwrap_err();
+        assert!(e.contains("10.0 s ago"), "{e}");
+        // A failover holds the pass up to its own deadlines, not forever.
+        assert!(liveness(at(100), start, Some(at(90)), limit, true).is_ok());
+        assert!(liveness(at(100), start, Some(at(30)), limit, true).is_err());
+    }
+
+    #[test]
+    fn healthz_grants_a_start_up_grace_before_the_first_pass() {
+        let start = Instant::now();
+        let limit = 3 * S;
+        assert!(liveness(start + 20 * S, start, None, limit, false).is_ok());
+        let e = liveness(start + 40 * S, start, None, limit, false).unwrap_err();
+        assert!(e.contains("since start"), "{e}");
+    }
 }

@@ -80,6 +80,7 @@ pub async fn run(ctx: Arc<Ctx>) {
         ensure_synchronous(&ctx, &mut probes).await;
         keep_slots(&ctx, &mut probes, &view).await;
         record(&ctx);
+        ctx.with_state(|s| s.last_pass = Some(std::time::Instant::now()));
     }
 }
 

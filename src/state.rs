@@ -73,6 +73,8 @@ pub struct State {
     pub last_spec: BTreeMap<usize, bollard::models::ContainerInspectResponse>,
     /// Each standby's replication slot on the primary, as last seen.
     pub slots: BTreeMap<usize, crate::postgres::Slot>,
+    /// When the reconcile loop last finished a pass: `/healthz` fails when it is too long ago.
+    pub last_pass: Option<std::time::Instant>,
 }
 
 /// Everything a task needs; cloned as `Arc<Ctx>`.
@@ -95,6 +97,51 @@ pub struct Ctx {
     pub tracker: TaskTracker,
     /// Names of running background tasks, to say which did not stop at shutdown.
     pub running: Mutex<BTreeSet<String>>,
+}
+
+/// How a tracked task ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskEnd {
+    /// It did its job, or the daemon is stopping.
+    Done,
+    /// A task meant to run until the daemon stops returned on its own.
+    Unexpected,
+}
+
+/// Pure, for unit tests.
+pub fn classify_end(essential: bool, cancelled: bool) -> TaskEnd {
+    if essential && !cancelled {
+        TaskEnd::Unexpected
+    } else {
+        TaskEnd::Done
+    }
+}
+
+/// Called when a tracked task returns. A daemon whose reconcile loop or event watcher is gone
+/// still answers HTTP but fails nothing over: half-alive is worse than dead, because the
+/// container is not restarted. So an unexpected end cancels the daemon, which shuts down in
+/// order (pgpool is stopped) and exits non-zero (see `daemon::run`). Panics do not come here:
+/// the daemon's panic hook ends the process first.
+pub fn task_ended(name: &str, essential: bool, cancel: &CancellationToken) -> TaskEnd {
+    let end = classify_end(essential, cancel.is_cancelled());
+    if end == TaskEnd::Unexpected {
+        tracing::error!(
+            task = name,
+            "a task that should run until shutdown ended; stopping the daemon"
+        );
+        cancel.cancel();
+    }
+    end
+}
+
+async fn drop_on_cancel<F>(cancel: CancellationToken, fut: F)
+where
+    F: std::future::Future<Output = ()>,
+{
+    tokio::select! {
+        _ = fut => {}
+        _ = cancel.cancelled() => {}
+    }
 }
 
 /// How the sidecar reaches node `node` over SQL (as the superuser).
@@ -142,32 +189,45 @@ impl Ctx {
         f(&mut self.state.lock().expect("state"))
     }
 
-    /// Spawns a named, tracked task that is dropped when the daemon is cancelled.
+    /// Spawns a named, tracked task that does one job (a hook call, a recovery) and is dropped
+    /// when the daemon is cancelled.
     pub fn spawn<F>(self: &Arc<Self>, name: impl Into<String>, fut: F)
     where
         F: std::future::Future<Output = ()> + Send + 'static,
     {
-        let cancel = self.cancel.clone();
-        self.spawn_graceful(name, async move {
-            tokio::select! {
-                _ = fut => {}
-                _ = cancel.cancelled() => {}
-            }
-        });
+        self.spawn_tracked(name.into(), false, drop_on_cancel(self.cancel.clone(), fut));
     }
 
-    /// Spawns a named, tracked task that watches `cancel` itself and winds down in its own
-    /// way (the pgpool supervisor must stop pgpool before it returns).
+    /// Spawns a task that must run until the daemon stops (the reconcile loop, the Docker event
+    /// watcher, the listeners); it is dropped when the daemon is cancelled, and its returning
+    /// before that stops the daemon with an error (see [`task_ended`]).
+    pub fn spawn_essential<F>(self: &Arc<Self>, name: impl Into<String>, fut: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.spawn_tracked(name.into(), true, drop_on_cancel(self.cancel.clone(), fut));
+    }
+
+    /// Spawns an essential task that watches `cancel` itself and winds down in its own way (the
+    /// pgpool supervisor must stop pgpool before it returns); like [`Ctx::spawn_essential`], its
+    /// returning while the daemon runs stops the daemon.
     pub fn spawn_graceful<F>(self: &Arc<Self>, name: impl Into<String>, fut: F)
     where
         F: std::future::Future<Output = ()> + Send + 'static,
     {
-        let name = name.into();
+        self.spawn_tracked(name.into(), true, fut);
+    }
+
+    fn spawn_tracked<F>(self: &Arc<Self>, name: String, essential: bool, fut: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
         let ctx = self.clone();
         self.running.lock().expect("running").insert(name.clone());
         self.tracker.spawn(async move {
             fut.await;
             ctx.running.lock().expect("running").remove(&name);
+            task_ended(&name, essential, &ctx.cancel);
         });
     }
 
@@ -218,5 +278,41 @@ impl<'a> BusyGuard<'a> {
 impl Drop for BusyGuard<'_> {
     fn drop(&mut self) {
         self.ctx.with_state(|s| s.busy.remove(&self.node));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_an_essential_task_ending_on_its_own_is_unexpected() {
+        assert_eq!(classify_end(true, false), TaskEnd::Unexpected);
+        assert_eq!(classify_end(true, true), TaskEnd::Done);
+        assert_eq!(classify_end(false, false), TaskEnd::Done);
+        assert_eq!(classify_end(false, true), TaskEnd::Done);
+    }
+
+    #[test]
+    fn an_unexpected_end_stops_the_daemon() {
+        let cancel = CancellationToken::new();
+        assert_eq!(task_ended("hook-call", false, &cancel), TaskEnd::Done);
+        assert!(!cancel.is_cancelled());
+        assert_eq!(task_ended("reconcile", true, &cancel), TaskEnd::Unexpected);
+        assert!(cancel.is_cancelled());
+        // Once stopping, the others' ends are expected.
+        assert_eq!(task_ended("docker-events", true, &cancel), TaskEnd::Done);
+    }
+
+    #[tokio::test]
+    async fn a_task_dropped_on_cancel_ends_when_cancelled() {
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(drop_on_cancel(cancel.clone(), std::future::pending()));
+        cancel.cancel();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("ended")
+            .expect("no panic");
+        assert_eq!(task_ended("reconcile", true, &cancel), TaskEnd::Done);
     }
 }
