@@ -34,6 +34,9 @@ pub enum DaemonError {
     Http { addr: String, message: String },
     #[error("cannot install signal handlers: {0}")]
     Signals(String),
+    /// pgpool would run as root beside the Docker socket: refused.
+    #[error("pgpool must not run as root in the container that holds the Docker socket: {0}")]
+    PgpoolUser(String),
     /// A task that should run until shutdown returned; the log names it.
     #[error(
         "a background task ended while the daemon was running; stopped so the container restarts"
@@ -143,7 +146,13 @@ pub async fn wait_for_stop(
 pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     install_panic_hook(&cfg);
     let cfg = Arc::new(cfg);
-    let paths = Paths::default();
+    let paths = Paths {
+        owner: pgpool::supervisor::pgpool_owner().map_err(DaemonError::PgpoolUser)?,
+        ..Paths::default()
+    };
+    if let Some(owner) = paths.owner {
+        warn_if_docker_socket_open_to(owner);
+    }
     // Before anything else: a bad pass-through is a config error, not a runtime one.
     pgpool::supervisor::write_config(&cfg, &paths)?;
     let reaper = Reaper::start().map_err(|e| DaemonError::Signals(e.to_string()))?;
@@ -223,6 +232,32 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     match stop {
         Stop::Signal => Ok(()),
         Stop::TaskEnded => Err(DaemonError::TaskEnded),
+    }
+}
+
+/// The Docker socket is root on the host: pgpool's user must not reach it. Only a local socket
+/// can be checked; a TCP `DOCKER_HOST` is the operator's to protect.
+fn warn_if_docker_socket_open_to(owner: crate::pgpool::conf::Owner) {
+    use std::os::unix::fs::MetadataExt;
+    let path = match std::env::var("DOCKER_HOST") {
+        Ok(h) => match h.strip_prefix("unix://") {
+            Some(p) => p.to_string(),
+            None => return,
+        },
+        Err(_) => "/var/run/docker.sock".to_string(),
+    };
+    let Ok(meta) = std::fs::metadata(&path) else {
+        return;
+    };
+    let others = meta.mode() & 0o006 != 0;
+    let group = meta.gid() == owner.gid && meta.mode() & 0o060 != 0;
+    if others || group || meta.uid() == owner.uid {
+        tracing::error!(
+            socket = %path,
+            uid = owner.uid,
+            gid = owner.gid,
+            "the Docker socket is reachable by the user pgpool runs as: a pgpool bug would be root on the host; give the socket a group pgpool's user is not in and mode 0660"
+        );
     }
 }
 

@@ -94,6 +94,16 @@ pub async fn serve(ctx: Arc<Ctx>, path: PathBuf) -> Result<(), HookError> {
     // A socket file left by a previous run would make bind fail.
     let _ = std::fs::remove_file(&path);
     let listener = UnixListener::bind(&path).map_err(listen_err)?;
+    // pgpool's user calls this socket (its hooks run as that user); nobody else may.
+    if let Some(o) = ctx.paths.owner {
+        use std::os::unix::fs::PermissionsExt;
+        let perm = |p: &std::path::Path, mode: u32| -> std::io::Result<()> {
+            std::os::unix::fs::chown(p, None, Some(o.gid))?;
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
+        };
+        // The socket alone: its directory may be a shared one (HOOK_SOCKET=/tmp/…).
+        perm(&path, 0o660).map_err(listen_err)?;
+    }
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(s) => s,

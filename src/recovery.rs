@@ -157,18 +157,22 @@ pub async fn recover(
     let result = ladder(ctx, node, force_rebuild).await;
     let seconds = started.elapsed().as_secs_f64();
     let node_label = node.to_string();
-    let (method, label) = match &result {
-        Ok(m) => (m.as_str(), "success"),
-        Err((m, _)) => (m.as_str(), "failure"),
+    // Counted under the rung that ran last; a failure before any rung started (no primary,
+    // no container, a foreign node) counts under none of them.
+    let counted = match &result {
+        Ok(m) => Some((m.as_str(), "success")),
+        Err((m, _)) => m.map(|m| (m.as_str(), "failure")),
     };
-    ctx.metrics
-        .recoveries
-        .with_label_values(&[&node_label, method, label])
-        .inc();
-    ctx.metrics
-        .recovery_duration
-        .with_label_values(&[&node_label, method, label])
-        .observe(seconds);
+    if let Some((method, label)) = counted {
+        ctx.metrics
+            .recoveries
+            .with_label_values(&[&node_label, method, label])
+            .inc();
+        ctx.metrics
+            .recovery_duration
+            .with_label_values(&[&node_label, method, label])
+            .observe(seconds);
+    }
     drop(busy);
     ctx.with_state(|s| {
         if result.is_ok() {
@@ -195,7 +199,8 @@ pub async fn recover(
             })
         }
         Err((method, e)) => {
-            tracing::error!(node = %name, method = method.as_str(), error = %e, "recovery failed; the node stays detached");
+            let method = method.map(|m| m.as_str()).unwrap_or("none");
+            tracing::error!(node = %name, method, error = %e, "recovery failed; the node stays detached");
             Err(e)
         }
     }
@@ -205,11 +210,9 @@ async fn ladder(
     ctx: &Arc<Ctx>,
     node: usize,
     force_rebuild: bool,
-) -> Result<Method, (Method, RecoveryError)> {
+) -> Result<Method, (Option<Method>, RecoveryError)> {
     let name = ctx.node_name(node).to_string();
-    let primary = ctx
-        .primary()
-        .ok_or((Method::Attach, RecoveryError::NoPrimary))?;
+    let primary = ctx.primary().ok_or((None, RecoveryError::NoPrimary))?;
     // The guard gave up WAL this node still needed: streaming cannot bring it back, and a
     // rewind needs that WAL too. Straight to a rebuild.
     let slot_lost = !force_rebuild && crate::slots::lost(ctx, primary, node).await;
@@ -221,9 +224,7 @@ async fn ladder(
         );
     }
     let force_rebuild = force_rebuild || slot_lost;
-    let mut container = ensure_container(ctx, node)
-        .await
-        .map_err(|e| (Method::Rebuild, e))?;
+    let mut container = ensure_container(ctx, node).await.map_err(|e| (None, e))?;
     // Fenced by a network disconnect: recovery takes it back onto the cluster network first,
     // or neither it nor its job containers could reach the primary.
     if container.spec.network.is_none() {
@@ -233,7 +234,7 @@ async fn ladder(
                 .docker
                 .reconnect(&container, &net.0, net.1)
                 .await
-                .map_err(|e| (Method::Attach, e.into()))?;
+                .map_err(|e| (None, e.into()))?;
         }
     }
     let fenced = ctx.with_state(|s| s.fenced.contains(&node));
@@ -269,22 +270,28 @@ async fn ladder(
             }
         }
     }
-    // From here on the node's data is rewritten: it must be out of pgpool and stopped.
+    // From here on the node's data is rewritten: it must be out of pgpool and stopped. A failure
+    // while getting there counts against the rung it prepares.
+    let next = if force_rebuild || empty {
+        Method::Rebuild
+    } else {
+        Method::Rewind
+    };
     if let Err(e) = ctx.pgpool.detach(node, Duration::from_secs(5)).await {
         tracing::debug!(node = %name, error = %e, "detach before recovery (already detached?)");
     }
     ctx.docker
         .stop(&container, Duration::from_secs(30))
         .await
-        .map_err(|e| (Method::Rewind, e.into()))?;
+        .map_err(|e| (Some(next), e.into()))?;
     let identity = identify(ctx, &container)
         .await
-        .map_err(|e| (Method::Rewind, e))?;
+        .map_err(|e| (Some(next), e))?;
     let cluster_id = ctx.with_state(|s| s.view.system_identifier);
     let member = cluster_id.is_some_and(|id| identity == id.to_string());
     if identity != "empty" && !member && !fresh_online {
         return Err((
-            Method::Rebuild,
+            None,
             RecoveryError::Foreign {
                 node: name,
                 found: identity,
@@ -302,7 +309,7 @@ async fn ladder(
     // Rung 3: a fresh copy of the primary.
     rebuild(ctx, node, primary, &container)
         .await
-        .map_err(|e| (Method::Rebuild, e))?;
+        .map_err(|e| (Some(Method::Rebuild), e))?;
     Ok(Method::Rebuild)
 }
 

@@ -335,3 +335,65 @@ async fn no_password_in_any_log_after_failover_and_rejoin() {
         }
     }
 }
+
+/// pgpool, and the hooks it runs, must not be root in the container that holds the Docker
+/// socket: every pgpool process runs as the unprivileged `pgpool` user, which cannot open the
+/// Docker socket but can call the sidecar's hook socket.
+#[tokio::test]
+async fn pgpool_runs_unprivileged_and_cannot_reach_the_docker_socket() {
+    let c = ready(Cluster::new("unpriv")).await;
+    let id = c.container("pgpool");
+    let creds = r#"for p in /proc/[0-9]*; do
+        [ "$(cat $p/comm 2>/dev/null)" = pgpool ] || continue
+        awk '/^Uid:|^Gid:|^Groups:/ {printf "%s ", $0} END {print ""}' $p/status
+      done"#;
+    let (code, out, err) = c.docker(&["exec", &id, "sh", "-c", creds]);
+    assert_eq!(code, 0, "{err}");
+    let procs: Vec<&str> = out.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(procs.len() > 3, "pgpool processes: {out}");
+    for p in &procs {
+        let f: Vec<&str> = p.split_whitespace().collect();
+        // "Uid: real effective saved fs Gid: … Groups: …"
+        assert_eq!(f[0], "Uid:", "{p}");
+        assert!(
+            f[1..5].iter().all(|u| *u == "7432"),
+            "pgpool runs as root: {p}"
+        );
+        assert!(f[6..10].iter().all(|g| *g == "7432"), "{p}");
+        assert_eq!(f.get(11), None, "supplementary groups kept: {p}");
+    }
+    let (_, ls, _) = c.docker(&["exec", &id, "ls", "-ln", "/var/run/docker.sock"]);
+    let sock_gid = ls.split_whitespace().nth(3).unwrap_or("").to_string();
+    assert_ne!(
+        sock_gid, "7432",
+        "the Docker socket's group is pgpool's: {ls}"
+    );
+    // As pgpool's user: the Docker socket refuses, the hook socket answers.
+    let hook = |socket: &str| {
+        c.docker(&[
+            "exec",
+            "-u",
+            "7432:7432",
+            &id,
+            "pgpool-sidecar",
+            "hook",
+            "--socket",
+            socket,
+            "--timeout",
+            "5",
+            "follow-primary",
+            "1",
+            "0",
+        ])
+    };
+    let (code, out, err) = hook("/var/run/docker.sock");
+    assert_ne!(code, 0, "{out}{err}");
+    assert!(err.contains("ermission denied"), "{out}{err}");
+    let (code, out, err) = hook("/run/pgpool-sidecar/hook.sock");
+    assert_eq!(code, 0, "the hook socket refused pgpool's user: {out}{err}");
+    // What pgpool reads holds secrets: its user only.
+    let (_, ls, _) = c.docker(&["exec", &id, "ls", "-ln", "/etc/pgpool2"]);
+    for line in ls.lines().filter(|l| l.starts_with('-')) {
+        assert!(line.starts_with("-rw-------"), "{line}");
+    }
+}

@@ -30,6 +30,16 @@ pub struct Paths {
     /// pgpool's `logdir`: it keeps `pgpool_status` there.
     pub status_dir: PathBuf,
     pub sidecar_bin: PathBuf,
+    /// The unprivileged user pgpool runs as, owner of what pgpool reads and writes. None when
+    /// the sidecar itself is not root (then pgpool runs as the sidecar's user).
+    pub owner: Option<Owner>,
+}
+
+/// A user and group id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Owner {
+    pub uid: u32,
+    pub gid: u32,
 }
 
 impl Default for Paths {
@@ -39,6 +49,7 @@ impl Default for Paths {
             run_dir: "/var/run/pgpool".into(),
             status_dir: "/var/lib/pgpool".into(),
             sidecar_bin: "/usr/local/bin/pgpool-sidecar".into(),
+            owner: None,
         }
     }
 }
@@ -395,8 +406,14 @@ pub fn status_file(up: &[bool]) -> String {
         .collect()
 }
 
-pub fn write_file(path: &Path, contents: &str, mode: u32) -> Result<(), ConfError> {
-    use std::os::unix::fs::PermissionsExt;
+pub fn write_file(
+    path: &Path,
+    contents: &str,
+    mode: u32,
+    owner: Option<Owner>,
+) -> Result<(), ConfError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let err = |e: std::io::Error| ConfError::Write {
         path: path.display().to_string(),
         message: e.to_string(),
@@ -405,9 +422,37 @@ pub fn write_file(path: &Path, contents: &str, mode: u32) -> Result<(), ConfErro
         std::fs::create_dir_all(dir).map_err(err)?;
     }
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, contents).map_err(err)?;
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode)).map_err(err)?;
+    let _ = std::fs::remove_file(&tmp);
+    // Created with its final mode: a secret is never readable by others, not even briefly.
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&tmp)
+        .map_err(err)?;
+    f.write_all(contents.as_bytes()).map_err(err)?;
+    f.sync_all().map_err(err)?;
+    drop(f);
+    if let Some(o) = owner {
+        std::os::unix::fs::chown(&tmp, Some(o.uid), Some(o.gid)).map_err(err)?;
+    }
     std::fs::rename(&tmp, path).map_err(err)
+}
+
+/// Creates `dir` (mode 0700) owned by `owner`: pgpool writes its sockets, pid file and status
+/// file there.
+pub fn owned_dir(dir: &Path, owner: Option<Owner>) -> Result<(), ConfError> {
+    use std::os::unix::fs::PermissionsExt;
+    let err = |e: std::io::Error| ConfError::Write {
+        path: dir.display().to_string(),
+        message: e.to_string(),
+    };
+    std::fs::create_dir_all(dir).map_err(err)?;
+    if let Some(o) = owner {
+        std::os::unix::fs::chown(dir, Some(o.uid), Some(o.gid)).map_err(err)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(err)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -13,20 +13,46 @@ use nix::unistd::Pid;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::pgpool::conf::{self, ConfError, Paths};
+use crate::pgpool::conf::{self, ConfError, Owner, Paths};
 use crate::reaper::Reaper;
 
-/// Writes every file pgpool reads. Secrets go to 0600 files only.
+/// The user pgpool runs as. The sidecar holds the Docker socket, which is root on the host:
+/// pgpool, and everything pgpool executes (its hooks), must not. The image creates it.
+pub const PGPOOL_USER: &str = "pgpool";
+
+/// Who pgpool runs as: [`PGPOOL_USER`] when the sidecar is root, else the sidecar's own user.
+pub fn pgpool_owner() -> Result<Option<Owner>, String> {
+    if !nix::unistd::geteuid().is_root() {
+        return Ok(None);
+    }
+    match nix::unistd::User::from_name(PGPOOL_USER) {
+        Ok(Some(u)) if !u.uid.is_root() => Ok(Some(Owner {
+            uid: u.uid.as_raw(),
+            gid: u.gid.as_raw(),
+        })),
+        Ok(Some(_)) => Err(format!("user {PGPOOL_USER} is root")),
+        Ok(None) => Err(format!("no user {PGPOOL_USER} in this container")),
+        Err(e) => Err(format!("cannot look up user {PGPOOL_USER}: {e}")),
+    }
+}
+
+/// Writes every file pgpool reads. Secrets go to 0600 files only; what pgpool reads belongs to
+/// its user, the PCP pass file (the sidecar's own PCP client) to root.
 pub fn write_config(cfg: &Config, paths: &Paths) -> Result<(), ConfError> {
-    conf::write_file(&paths.pgpool_conf(), &conf::pgpool_conf(cfg, paths)?, 0o644)?;
-    conf::write_file(&paths.pcp_conf(), &conf::pcp_conf(cfg), 0o600)?;
-    conf::write_file(&paths.pool_hba(), &conf::pool_hba(), 0o644)?;
-    conf::write_file(&paths.pool_passwd(), &conf::pool_passwd(cfg), 0o600)?;
-    conf::write_file(&paths.pcppass(), &conf::pcppass(cfg), 0o600)?;
-    std::fs::create_dir_all(&paths.run_dir).map_err(|e| ConfError::Write {
-        path: paths.run_dir.display().to_string(),
-        message: e.to_string(),
-    })?;
+    let owner = paths.owner;
+    // pgpool.conf may carry pass-through secrets (recovery_password, wd_authkey, …).
+    conf::write_file(
+        &paths.pgpool_conf(),
+        &conf::pgpool_conf(cfg, paths)?,
+        0o600,
+        owner,
+    )?;
+    conf::write_file(&paths.pcp_conf(), &conf::pcp_conf(cfg), 0o600, owner)?;
+    conf::write_file(&paths.pool_hba(), &conf::pool_hba(), 0o600, owner)?;
+    conf::write_file(&paths.pool_passwd(), &conf::pool_passwd(cfg), 0o600, owner)?;
+    conf::write_file(&paths.pcppass(), &conf::pcppass(cfg), 0o600, None)?;
+    conf::owned_dir(&paths.run_dir, owner)?;
+    conf::owned_dir(&paths.status_dir, owner)?;
     Ok(())
 }
 
@@ -42,7 +68,12 @@ pub async fn supervise(
     let mut backoff = Duration::from_millis(500);
     loop {
         let up = nodes_up();
-        if let Err(e) = conf::write_file(&paths.status_file(), &conf::status_file(&up), 0o644) {
+        if let Err(e) = conf::write_file(
+            &paths.status_file(),
+            &conf::status_file(&up),
+            0o600,
+            paths.owner,
+        ) {
             tracing::error!(error = %e, "cannot write pgpool_status");
         }
         let mut cmd = Command::new("pgpool");
@@ -52,6 +83,11 @@ pub async fn supervise(
             .arg(paths.pcp_conf())
             .arg("-a")
             .arg(paths.pool_hba());
+        if let Some(o) = paths.owner {
+            // std drops the supplementary groups too (setgroups) before it changes user.
+            use std::os::unix::process::CommandExt;
+            cmd.uid(o.uid).gid(o.gid).env("HOME", &paths.status_dir);
+        }
         let started = tokio::time::Instant::now();
         let child = match reaper.spawn(&mut cmd) {
             Ok(c) => c,
