@@ -58,7 +58,7 @@ pub async fn call(socket: &Path, req: &HookRequest, limit: Duration) -> Result<S
                 message: e.to_string(),
             })?;
     let exchange = async {
-        let mut line = serde_json::to_string(req).expect("request serializes");
+        let mut line = serde_json::to_string(req).map_err(std::io::Error::other)?;
         line.push('\n');
         stream.write_all(line.as_bytes()).await?;
         let mut reader = BufReader::new(stream);
@@ -104,16 +104,31 @@ pub async fn serve(ctx: Arc<Ctx>, path: PathBuf) -> Result<(), HookError> {
         // The socket alone: its directory may be a shared one (HOOK_SOCKET=/tmp/…).
         perm(&path, 0o660).map_err(listen_err)?;
     }
+    let permits = Arc::new(tokio::sync::Semaphore::new(HOOK_MAX_CONNECTIONS));
+    let mut backoff = crate::http::AcceptBackoff::default();
     loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(s) => s,
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return Ok(());
+        };
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => {
+                if let Some(failures) = backoff.succeeded() {
+                    tracing::info!(failures, "hook socket accepts connections again");
+                }
+                stream
+            }
             Err(e) => {
-                tracing::warn!(error = %e, "hook accept failed");
+                let (delay, first) = backoff.failed();
+                if first {
+                    tracing::warn!(error = %e, "hook accept failing; retrying with back-off");
+                }
+                tokio::time::sleep(delay).await;
                 continue;
             }
         };
         let c = ctx.clone();
         ctx.spawn("hook-call", async move {
+            let _permit = permit;
             if let Err(e) = handle(c, stream).await {
                 tracing::warn!(error = %e, "hook call failed");
             }
@@ -121,20 +136,72 @@ pub async fn serve(ctx: Arc<Ctx>, path: PathBuf) -> Result<(), HookError> {
     }
 }
 
+/// Most callbacks handled at once: pgpool makes one per node at a time, so more is a client
+/// gone wrong, and each holds a descriptor.
+const HOOK_MAX_CONNECTIONS: usize = 16;
+
+/// Longest request line; a real one is under 100 bytes.
+const HOOK_LINE_MAX: usize = 4096;
+
+/// How long a client may take to send its line: one that never ends it must not hold a slot.
+const HOOK_READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error("hook request longer than {0} bytes")]
+    TooLong(usize),
+    #[error("no complete hook request within {0:?}")]
+    TimedOut(Duration),
+    #[error("hook request is not UTF-8")]
+    NotText,
+    #[error("cannot read the hook request: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Reads the one request line: at most `max` bytes (newline excluded), within `limit`.
+pub async fn read_request<R: tokio::io::AsyncRead + Unpin>(
+    read: R,
+    max: usize,
+    limit: Duration,
+) -> Result<String, RequestError> {
+    use tokio::io::AsyncReadExt;
+    let mut line = Vec::new();
+    let mut reader = BufReader::new(read.take(max as u64 + 1));
+    tokio::time::timeout(limit, reader.read_until(b'\n', &mut line))
+        .await
+        .map_err(|_| RequestError::TimedOut(limit))??;
+    if line.last() == Some(&b'\n') {
+        line.pop();
+    }
+    if line.len() > max {
+        return Err(RequestError::TooLong(max));
+    }
+    String::from_utf8(line).map_err(|_| RequestError::NotText)
+}
+
 async fn handle(ctx: Arc<Ctx>, stream: UnixStream) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
-    let mut line = String::new();
-    BufReader::new(read).read_line(&mut line).await?;
-    let resp = match serde_json::from_str::<HookRequest>(line.trim()) {
-        Ok(req) => dispatch(&ctx, req).await,
+    let resp = match read_request(read, HOOK_LINE_MAX, HOOK_READ_TIMEOUT).await {
+        Ok(line) => match serde_json::from_str::<HookRequest>(line.trim()) {
+            Ok(req) => dispatch(&ctx, req).await,
+            Err(e) => HookResponse {
+                ok: false,
+                message: format!("malformed hook request: {e}"),
+            },
+        },
         Err(e) => HookResponse {
             ok: false,
-            message: format!("malformed hook request: {e}"),
+            message: e.to_string(),
         },
     };
-    let mut out = serde_json::to_string(&resp).expect("response serializes");
+    let mut out = serde_json::to_string(&resp).unwrap_or_else(|_| {
+        r#"{"ok":false,"message":"the daemon could not encode its answer"}"#.to_string()
+    });
     out.push('\n');
-    write.write_all(out.as_bytes()).await
+    // A client that stopped reading must not hold the slot either.
+    tokio::time::timeout(HOOK_READ_TIMEOUT, write.write_all(out.as_bytes()))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "client does not read"))?
 }
 
 fn node_index(ctx: &Ctx, id: i64) -> Option<usize> {
@@ -218,5 +285,57 @@ async fn dispatch(ctx: &Arc<Ctx>, req: HookRequest) -> HookResponse {
                 _ => ok(format!("{} needs no re-pointing", ctx.node_name(node))),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_request_line_is_read_within_its_limits() {
+        let (mut client, server) = UnixStream::pair().unwrap();
+        client
+            .write_all(b"{\"hook\":\"failover\"}\n")
+            .await
+            .unwrap();
+        let line = read_request(server, 64, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(line, "{\"hook\":\"failover\"}");
+    }
+
+    #[tokio::test]
+    async fn an_overlong_line_is_refused() {
+        let (mut client, server) = UnixStream::pair().unwrap();
+        let writer = tokio::spawn(async move {
+            let _ = client.write_all(&[b'a'; 10_000]).await;
+            client
+        });
+        let r = tokio::time::timeout(
+            Duration::from_secs(5),
+            read_request(server, HOOK_LINE_MAX, Duration::from_secs(60)),
+        )
+        .await
+        .expect("refused without waiting for a newline");
+        assert!(
+            matches!(r, Err(RequestError::TooLong(HOOK_LINE_MAX))),
+            "{r:?}"
+        );
+        drop(writer);
+    }
+
+    #[tokio::test]
+    async fn a_client_that_never_ends_its_line_is_timed_out() {
+        let (mut client, server) = UnixStream::pair().unwrap();
+        client.write_all(b"{\"hook\":").await.unwrap();
+        let r = tokio::time::timeout(
+            Duration::from_secs(5),
+            read_request(server, HOOK_LINE_MAX, Duration::from_millis(100)),
+        )
+        .await
+        .expect("read_request returns by itself");
+        assert!(matches!(r, Err(RequestError::TimedOut(_))), "{r:?}");
+        drop(client);
     }
 }

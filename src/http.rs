@@ -24,12 +24,50 @@ use crate::switchover::SwitchoverError;
 
 type Resp = Response<Full<Bytes>>;
 
-fn reply(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Resp {
-    Response::builder()
-        .status(status)
-        .header("content-type", content_type)
-        .body(Full::new(body.into()))
-        .expect("static response parts are valid")
+fn reply(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Resp {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(content_type),
+    );
+    r
+}
+
+/// Most HTTP connections served at once; more wait in the listen backlog. Scrapes and probes
+/// are few, and each connection costs a descriptor pgpool's supervision also needs.
+const HTTP_MAX_CONNECTIONS: usize = 64;
+
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(100);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// Accept errors such as EMFILE last until something frees a descriptor: retrying at once
+/// spins a core and writes a log line per try. Shared with the hook socket.
+#[derive(Debug, Default)]
+pub struct AcceptBackoff {
+    delay: Option<Duration>,
+    failures: u64,
+}
+
+impl AcceptBackoff {
+    /// The pause before the next accept, and whether this failure starts a streak (the only
+    /// one to log).
+    pub fn failed(&mut self) -> (Duration, bool) {
+        let first = self.delay.is_none();
+        let delay = self
+            .delay
+            .map_or(ACCEPT_BACKOFF_MIN, |d| (d * 2).min(ACCEPT_BACKOFF_MAX));
+        self.delay = Some(delay);
+        self.failures += 1;
+        (delay, first)
+    }
+
+    /// How many accepts failed in the streak this success ends, if one does.
+    pub fn succeeded(&mut self) -> Option<u64> {
+        self.delay
+            .take()
+            .map(|_| std::mem::take(&mut self.failures))
+    }
 }
 
 fn json_reply(status: StatusCode, v: serde_json::Value) -> Resp {
@@ -98,16 +136,31 @@ fn healthz(ctx: &Ctx, started: Instant) -> Resp {
 /// Serves until the daemon is cancelled (the task is dropped).
 pub async fn serve(ctx: Arc<Ctx>, listener: TcpListener) {
     let started = Instant::now();
+    let permits = Arc::new(tokio::sync::Semaphore::new(HTTP_MAX_CONNECTIONS));
+    let mut backoff = AcceptBackoff::default();
     loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(s) => s,
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => {
+                if let Some(failures) = backoff.succeeded() {
+                    tracing::info!(failures, "HTTP accepts connections again");
+                }
+                stream
+            }
             Err(e) => {
-                tracing::warn!(error = %e, "HTTP accept failed");
+                let (delay, first) = backoff.failed();
+                if first {
+                    tracing::warn!(error = %e, "HTTP accept failing; retrying with back-off");
+                }
+                tokio::time::sleep(delay).await;
                 continue;
             }
         };
         let c = ctx.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let svc = hyper::service::service_fn(move |req| {
                 let c = c.clone();
                 async move { Ok::<_, Infallible>(route(&c, req, started).await) }
@@ -314,6 +367,27 @@ mod tests {
     use super::*;
 
     const S: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn accept_failures_back_off_and_log_once_per_streak() {
+        let mut b = AcceptBackoff::default();
+        let ms = Duration::from_millis;
+        let got: Vec<_> = (0..6).map(|_| b.failed()).collect();
+        assert_eq!(
+            got,
+            [
+                (ms(100), true),
+                (ms(200), false),
+                (ms(400), false),
+                (ms(800), false),
+                (ms(1000), false),
+                (ms(1000), false)
+            ]
+        );
+        assert_eq!(b.succeeded(), Some(6));
+        assert_eq!(b.succeeded(), None);
+        assert_eq!(b.failed(), (ms(100), true));
+    }
 
     #[test]
     fn stale_after_covers_missed_ticks_and_hung_probes() {
