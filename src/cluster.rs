@@ -242,6 +242,78 @@ pub fn event_response(view: &ClusterView, ev: &EventFacts) -> EventResponse {
     }
 }
 
+/// A rung of the recovery ladder: how a node comes back as a standby.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Rung {
+    /// Start it, re-point it, attach it: its data is kept as it is.
+    Attach,
+    /// `pg_rewind` onto the primary's timeline: the un-replicated tail is discarded.
+    Rewind,
+    /// Empty the data directory and copy the primary: everything on the node is discarded.
+    Rebuild,
+}
+
+impl Rung {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Rung::Attach => "attach",
+            Rung::Rewind => "rewind",
+            Rung::Rebuild => "rebuild",
+        }
+    }
+}
+
+/// What a node about to be recovered is known to hold, before anything is rewritten.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecoveryFacts {
+    /// The operator asked for a rebuild, or the node's slot was lost (its WAL is gone).
+    pub force_rebuild: bool,
+    /// A fenced old primary: it may have written WAL the new primary lacks, so it is never
+    /// started as it is.
+    pub fenced: bool,
+    /// Its data directory holds no cluster at all (a recreated container on a lost volume).
+    pub empty: bool,
+}
+
+/// Rung 1 is tried only on a node whose data may be kept as it is.
+pub fn may_attach_as_is(f: &RecoveryFacts) -> bool {
+    !f.force_rebuild && !f.fenced && !f.empty
+}
+
+/// Whose data a stopped node holds, read offline (`pg_controldata`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DataIdentity {
+    Empty,
+    /// This cluster's system identifier.
+    Member,
+    /// Another cluster's, but seen online with no user database: a fresh initdb.
+    FreshInitdb,
+    /// Another cluster's data, or an identifier that could not be read.
+    Foreign(String),
+}
+
+/// Why a node's data may not be rewritten.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("node holds another cluster's data (system identifier {0}); it is never wiped")]
+pub struct WipeRefused(pub String);
+
+/// The rungs that rewrite the node's data, in order, once rung 1 is out: the safety rule on
+/// wiping lives here. Only a fresh initdb, an empty directory or a former member of this
+/// cluster may be rewritten; a member is rewound first (cheaper, keeps the common history)
+/// unless a rebuild is forced.
+pub fn rewrite_rungs(f: &RecoveryFacts, data: &DataIdentity) -> Result<Vec<Rung>, WipeRefused> {
+    match data {
+        DataIdentity::Foreign(id) => Err(WipeRefused(id.clone())),
+        DataIdentity::Member if !f.force_rebuild && !f.empty => {
+            Ok(vec![Rung::Rewind, Rung::Rebuild])
+        }
+        DataIdentity::Member | DataIdentity::Empty | DataIdentity::FreshInitdb => {
+            Ok(vec![Rung::Rebuild])
+        }
+    }
+}
+
 /// At start-up: which node is the primary. Among reachable writable nodes, the highest timeline
 /// wins (a node promoted by a failover beats an old primary restarted by hand); then the one the
 /// standbys follow; then the first configured node. While the first node's container is still
@@ -830,5 +902,105 @@ mod tests {
         assert_eq!(v.is_healthy_standby(1), Ok(()));
         v.nodes[1].pg.as_mut().unwrap().upstream_host = Some("pg-9".into());
         assert!(v.is_healthy_standby(1).is_err());
+    }
+
+    #[test]
+    fn recovery_ladder_keeps_what_it_may_and_wipes_only_what_it_may() {
+        let f = |force_rebuild, fenced, empty| RecoveryFacts {
+            force_rebuild,
+            fenced,
+            empty,
+        };
+        // Rung 1 only for data that may be kept as it is.
+        assert!(may_attach_as_is(&f(false, false, false)));
+        assert!(!may_attach_as_is(&f(true, false, false)), "forced rebuild");
+        assert!(
+            !may_attach_as_is(&f(false, true, false)),
+            "fenced old primary"
+        );
+        assert!(
+            !may_attach_as_is(&f(false, false, true)),
+            "empty data directory"
+        );
+        use DataIdentity::*;
+        let foreign = Foreign("7001".into());
+        let table: Vec<(RecoveryFacts, DataIdentity, Result<Vec<Rung>, WipeRefused>)> = vec![
+            (
+                f(false, true, false),
+                Member,
+                Ok(vec![Rung::Rewind, Rung::Rebuild]),
+            ),
+            (
+                f(false, false, false),
+                Member,
+                Ok(vec![Rung::Rewind, Rung::Rebuild]),
+            ),
+            (f(true, false, false), Member, Ok(vec![Rung::Rebuild])),
+            (f(false, false, true), Empty, Ok(vec![Rung::Rebuild])),
+            (f(false, false, false), FreshInitdb, Ok(vec![Rung::Rebuild])),
+            (
+                f(false, false, false),
+                foreign.clone(),
+                Err(WipeRefused("7001".into())),
+            ),
+            // Not even an operator's forced rebuild wipes another cluster's data.
+            (
+                f(true, false, false),
+                foreign,
+                Err(WipeRefused("7001".into())),
+            ),
+        ];
+        for (facts, data, want) in table {
+            assert_eq!(rewrite_rungs(&facts, &data), want, "{facts:?} {data:?}");
+        }
+    }
+
+    #[test]
+    fn rejoin_rules_fenced_removed_auto_rejoin_off_and_failback() {
+        let mut fenced = standby(1, 100);
+        fenced.fenced = true;
+        fenced.pg = None;
+        fenced.container = Some(ContainerStatus::Exited);
+        let mut removed = standby(2, 100);
+        removed.pg = None;
+        removed.container = Some(ContainerStatus::Missing);
+        let v = cluster(vec![primary(0, 100), fenced, removed]);
+        let plan = decide(&v, &policy());
+        assert!(plan.contains(&Action::Rejoin {
+            node: 1,
+            reason: "fenced old primary".into()
+        }));
+        assert!(plan.contains(&Action::Rejoin {
+            node: 2,
+            reason: "container removed".into()
+        }));
+        // AUTO_REJOIN=false: nothing comes back by itself.
+        let mut off = policy();
+        off.auto_rejoin = false;
+        assert!(!decide(&v, &off)
+            .iter()
+            .any(|a| matches!(a, Action::Rejoin { .. } | Action::Rebuild { .. })));
+        // A busy node is left to the operation that holds it.
+        let mut v2 = v.clone();
+        v2.nodes[1].busy = true;
+        assert!(!decide(&v2, &policy()).contains(&Action::Rejoin {
+            node: 1,
+            reason: "fenced old primary".into()
+        }));
+        // Failback: only to a caught-up healthy standby, only with AUTO_FAILBACK, only calm.
+        let mut fb = policy();
+        fb.preferred_primary = Some(1);
+        fb.auto_failback = true;
+        let mut v3 = cluster(vec![primary(0, 100), standby(1, 100), standby(2, 100)]);
+        v3.nodes[1].lag_bytes = Some(0);
+        assert!(decide(&v3, &fb).contains(&Action::Failback { to: 1 }));
+        v3.nodes[1].lag_bytes = Some(CAUGHT_UP_BYTES + 1);
+        assert!(!decide(&v3, &fb).contains(&Action::Failback { to: 1 }));
+        v3.nodes[1].lag_bytes = Some(0);
+        v3.nodes[2].busy = true;
+        assert!(!decide(&v3, &fb).contains(&Action::Failback { to: 1 }));
+        v3.nodes[2].busy = false;
+        fb.auto_failback = false;
+        assert!(!decide(&v3, &fb).contains(&Action::Failback { to: 1 }));
     }
 }

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::cluster::{may_attach_as_is, rewrite_rungs, DataIdentity, RecoveryFacts};
 use crate::docker::{ContainerInfo, DockerError};
 use crate::pgpool::control::PgpoolError;
 use crate::postgres::conf_literal;
@@ -45,24 +46,8 @@ pub enum RecoveryError {
     Checkpoint(String),
 }
 
-/// How a node came back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Method {
-    Attach,
-    Rewind,
-    Rebuild,
-}
-
-impl Method {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Method::Attach => "attach",
-            Method::Rewind => "rewind",
-            Method::Rebuild => "rebuild",
-        }
-    }
-}
+/// How a node came back: the rungs of the pure layer's ladder.
+pub use crate::cluster::Rung as Method;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Recovered {
@@ -261,7 +246,12 @@ async fn ladder(
         && identify(ctx, &container)
             .await
             .is_ok_and(|id| id == "empty");
-    if !force_rebuild && !fenced && !empty {
+    let facts = RecoveryFacts {
+        force_rebuild,
+        fenced,
+        empty,
+    };
+    if may_attach_as_is(&facts) {
         // Rung 1: it may just be a standby that was away — start it, re-point it, attach it.
         match rejoin_as_is(ctx, node, &container).await {
             Ok(()) => return Ok(Method::Attach),
@@ -288,29 +278,42 @@ async fn ladder(
         .await
         .map_err(|e| (Some(next), e))?;
     let cluster_id = ctx.with_state(|s| s.view.system_identifier);
-    let member = cluster_id.is_some_and(|id| identity == id.to_string());
-    if identity != "empty" && !member && !fresh_online {
-        return Err((
+    let data = if identity == "empty" {
+        DataIdentity::Empty
+    } else if cluster_id.is_some_and(|id| identity == id.to_string()) {
+        DataIdentity::Member
+    } else if fresh_online {
+        DataIdentity::FreshInitdb
+    } else {
+        DataIdentity::Foreign(identity.clone())
+    };
+    let rungs = rewrite_rungs(&facts, &data).map_err(|_| {
+        (
             None,
             RecoveryError::Foreign {
-                node: name,
+                node: name.clone(),
                 found: identity,
             },
-        ));
-    }
-    if !force_rebuild && member && !empty {
-        // Rung 2: rewind onto the primary's timeline (old primaries, diverged standbys).
-        match rewind(ctx, node, primary, &container).await {
-            Ok(()) => return Ok(Method::Rewind),
-            Err(e) => tracing::warn!(node = %name, error = %e, "pg_rewind failed; rebuilding"),
+        )
+    })?;
+    let mut last_error = None;
+    for rung in rungs {
+        let result = match rung {
+            Method::Rewind => rewind(ctx, node, primary, &container).await,
+            Method::Rebuild => rebuild(ctx, node, primary, &container).await,
+            Method::Attach => rejoin_as_is(ctx, node, &container).await,
+        };
+        match result {
+            Ok(()) => return Ok(rung),
+            Err(e) => {
+                tracing::warn!(node = %name, rung = rung.as_str(), error = %e, "recovery rung failed");
+                // The next rung starts from a stopped node.
+                let _ = ctx.docker.stop(&container, Duration::from_secs(10)).await;
+                last_error = Some((Some(rung), e));
+            }
         }
-        let _ = ctx.docker.stop(&container, Duration::from_secs(10)).await;
     }
-    // Rung 3: a fresh copy of the primary.
-    rebuild(ctx, node, primary, &container)
-        .await
-        .map_err(|e| (Some(Method::Rebuild), e))?;
-    Ok(Method::Rebuild)
+    Err(last_error.unwrap_or((None, RecoveryError::NoPrimary)))
 }
 
 /// The node's container, recreated from its last known spec if it was removed.
