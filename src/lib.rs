@@ -6,6 +6,7 @@
 //! [`pgpool::supervisor`]) → record ([`metrics`], [`http`]). [`daemon`] wires them together.
 #![forbid(unsafe_code)]
 
+pub mod client;
 pub mod cluster;
 pub mod config;
 pub mod daemon;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use pgpool_sidecar::config::{self, LogFormat, ProcessEnv, DEFAULT_HOOK_SOCKET};
 use pgpool_sidecar::pgpool::conf::{pgpool_conf, Paths};
-use pgpool_sidecar::{daemon, hook};
+use pgpool_sidecar::{client, daemon, hook};
 
 /// Exit code for bad configuration (EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
@@ -138,21 +138,21 @@ async fn main() -> ExitCode {
             }
             Err(code) => code,
         },
-        Command::Healthcheck => healthcheck().await,
-        Command::Recover { node, rebuild } => {
-            let path = format!(
-                "/nodes/{node}/recover{}",
-                if rebuild { "?rebuild=true" } else { "" }
-            );
-            api_call(&path).await
-        }
-        Command::Switchover { to } => {
-            let path = match to {
-                Some(t) => format!("/switchover?to={t}"),
-                None => "/switchover".to_string(),
+        Command::Healthcheck => {
+            let cfg = match load_config() {
+                Ok(c) => c,
+                Err(code) => return code,
             };
-            api_call(&path).await
+            match client::healthcheck(&cfg).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("not ready: {e}");
+                    ExitCode::FAILURE
+                }
+            }
         }
+        Command::Recover { node, rebuild } => api_call(&client::recover_path(&node, rebuild)).await,
+        Command::Switchover { to } => api_call(&client::switchover_path(to.as_deref())).await,
         Command::Hook {
             socket,
             timeout,
@@ -185,83 +185,16 @@ async fn main() -> ExitCode {
     }
 }
 
-/// One request to the local daemon's HTTP API; (status, body). One request line needs no HTTP
-/// client library.
-async fn local_request(
-    method: &str,
-    path: &str,
-    token: Option<&str>,
-    limit: Duration,
-) -> Result<(u16, String), String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let port = std::env::var("PGPOOL_SIDECAR_HTTP_LISTEN")
-        .ok()
-        .and_then(|v| {
-            v.rsplit(':')
-                .next()
-                .and_then(|p| p.trim().parse::<u16>().ok())
-        })
-        .unwrap_or(9720);
-    let attempt = async {
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-        let auth = token
-            .map(|t| format!("Authorization: Bearer {t}\r\n"))
-            .unwrap_or_default();
-        let req = format!(
-            "{method} {path} HTTP/1.0\r\nHost: localhost\r\n{auth}Content-Length: 0\r\n\r\n"
-        );
-        s.write_all(req.as_bytes()).await?;
-        let mut buf = String::new();
-        s.read_to_string(&mut buf).await?;
-        Ok::<_, std::io::Error>(buf)
-    };
-    let resp = tokio::time::timeout(limit, attempt)
-        .await
-        .map_err(|_| format!("no answer from the daemon on port {port} within {limit:?}"))?
-        .map_err(|e| format!("cannot reach the daemon on 127.0.0.1:{port}: {e}"))?;
-    let status = resp
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    Ok((status, body.trim().to_string()))
-}
-
-/// GET /readyz: exit 0 when ready.
-async fn healthcheck() -> ExitCode {
-    match local_request("GET", "/readyz", None, Duration::from_secs(3)).await {
-        Ok((200, _)) => ExitCode::SUCCESS,
-        Ok((_, body)) => {
-            eprintln!("not ready: {body}");
-            ExitCode::FAILURE
-        }
-        Err(e) => {
-            eprintln!("not ready: {e}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-/// A mutating API call with the token from PGPOOL_SIDECAR_API_TOKEN(_FILE); prints the answer.
+/// A mutating API call with the configured token; prints the answer.
 async fn api_call(path: &str) -> ExitCode {
-    let token = std::env::var("PGPOOL_SIDECAR_API_TOKEN")
-        .ok()
-        .filter(|t| !t.is_empty())
-        .or_else(|| {
-            let f = std::env::var("PGPOOL_SIDECAR_API_TOKEN_FILE").ok()?;
-            std::fs::read_to_string(f)
-                .ok()
-                .map(|t| t.trim_end_matches('\n').to_string())
-        });
-    match local_request("POST", path, token.as_deref(), Duration::from_secs(3600)).await {
-        Ok((200, body)) => {
+    let cfg = match load_config() {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    match client::api_call(&cfg, path).await {
+        Ok(body) => {
             println!("{body}");
             ExitCode::SUCCESS
-        }
-        Ok((status, body)) => {
-            eprintln!("pgpool-sidecar: refused ({status}): {body}");
-            ExitCode::FAILURE
         }
         Err(e) => {
             eprintln!("pgpool-sidecar: {e}");
