@@ -4,6 +4,7 @@
 //! interval, failover and recovery count their actions. Known label values are initialised to 0
 //! so a series exists before its first event.
 
+use crate::cluster::Rung;
 use prometheus::{
     Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -310,6 +311,16 @@ impl Metrics {
             m.replication_lag_seconds.with_label_values(&[n]).set(0.0);
             m.node_foreign.with_label_values(&[n]).set(0);
             m.slot_retained_bytes.with_label_values(&[n]).set(0);
+            // Known series start at 0, so "no rebuild happened" is a 0 to check, not an absence
+            // that a renamed label would also produce.
+            for method in [Rung::Attach, Rung::Rewind, Rung::Rebuild] {
+                for result in ["success", "failure"] {
+                    m.recoveries
+                        .with_label_values(&[n, method.as_str(), result]);
+                    m.recovery_duration
+                        .with_label_values(&[n, method.as_str(), result]);
+                }
+            }
             for st in SLOT_STATUSES {
                 m.slot_wal_status
                     .with_label_values(&[n, st])

@@ -90,7 +90,10 @@ case "$state" in
     postgres --single -F -D "$PGDATA" -c wal_keep_size=1000000 -c archive_mode=off template1 </dev/null 2>&1
     ;;
 esac
-pg_rewind -D "$PGDATA" --source-server="host=$SOURCE_HOST port=$SOURCE_PORT user=$SOURCE_USER dbname=postgres" 2>&1
+# The source is named through libpq's environment, not spliced into a conninfo string, so no
+# host or user name can change its meaning.
+PGHOST="$SOURCE_HOST" PGPORT="$SOURCE_PORT" PGUSER="$SOURCE_USER" \
+  pg_rewind -D "$PGDATA" --source-server="dbname=postgres" 2>&1
 (umask 077; printf '%s\n' "$STANDBY_PASSFILE_LINE" > "$PGDATA/sidecar.pgpass")
 printf '%s\n' "$STANDBY_CONF" >> "$PGDATA/postgresql.auto.conf"
 touch "$PGDATA/standby.signal"

@@ -238,10 +238,18 @@ async fn failed_primary_is_rewound_into_a_standby_and_loses_only_its_unreplicate
         Some(1.0),
         "{m}"
     );
-    assert!(
-        !m.contains("method=\"rebuild\",node=\"0\""),
-        "old primary was rebuilt, not rewound"
-    );
+    for result in ["success", "failure"] {
+        assert_eq!(
+            metric(
+                &m,
+                &format!(
+                    "pgpool_sidecar_recoveries_total{{method=\"rebuild\",node=\"0\",result=\"{result}\"}}"
+                )
+            ),
+            Some(0.0),
+            "old primary was rebuilt, not rewound: {m}"
+        );
+    }
     let logs = c.logs("pgpool");
     let line = logs
         .lines()
@@ -499,7 +507,13 @@ async fn refusals_are_clear_and_change_nothing() {
         metric(&m, "pgpool_sidecar_failovers_total{result=\"success\"}"),
         Some(0.0)
     );
-    assert!(!m.contains("pgpool_sidecar_recoveries_total{method=\"attach\",node=\"0\""));
+    assert_eq!(
+        metric(
+            &m,
+            "pgpool_sidecar_recoveries_total{method=\"attach\",node=\"0\",result=\"success\"}"
+        ),
+        Some(0.0)
+    );
 
     // Without a configured token the mutating endpoints are off altogether.
     let c2 = Cluster::new("notoken")
