@@ -107,24 +107,7 @@ impl Scope {
     }
 }
 
-/// What the sidecar needs to know of a node's container.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub enum ContainerStatus {
-    Missing,
-    Created,
-    Running,
-    Paused,
-    Restarting,
-    Exited,
-    Dead,
-    Removing,
-}
-
-impl ContainerStatus {
-    pub fn is_up(&self) -> bool {
-        matches!(self, ContainerStatus::Running)
-    }
-}
+pub use crate::cluster::ContainerStatus;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ContainerInfo {

@@ -67,23 +67,7 @@ impl Endpoint {
     }
 }
 
-/// What one probe saw of a node.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
-pub struct PgState {
-    pub in_recovery: bool,
-    pub system_identifier: u64,
-    pub timeline: u32,
-    /// Primary: current WAL insert position. Standby: the higher of received and replayed.
-    pub lsn: u64,
-    pub receive_lsn: Option<u64>,
-    pub replay_lsn: Option<u64>,
-    /// Standby: whether its WAL receiver is streaming, and from which host.
-    pub streaming: bool,
-    pub upstream_host: Option<String>,
-    /// Databases other than postgres/template0/template1: a cluster with any is somebody's data.
-    pub user_databases: Vec<String>,
-    pub wal_receiver_paused: bool,
-}
+pub use crate::cluster::PgState;
 
 /// One row of the primary's `pg_stat_replication`.
 #[derive(Debug, Clone, PartialEq, Serialize)]

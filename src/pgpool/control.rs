@@ -30,45 +30,7 @@ pub enum PgpoolError {
     },
 }
 
-/// pgpool's status of a backend.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PoolStatus {
-    Up,
-    Waiting,
-    Down,
-    Unused,
-    Quarantine,
-}
-
-impl PoolStatus {
-    pub const ALL: [PoolStatus; 5] = [
-        PoolStatus::Up,
-        PoolStatus::Waiting,
-        PoolStatus::Down,
-        PoolStatus::Unused,
-        PoolStatus::Quarantine,
-    ];
-
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            PoolStatus::Up => "up",
-            PoolStatus::Waiting => "waiting",
-            PoolStatus::Down => "down",
-            PoolStatus::Unused => "unused",
-            PoolStatus::Quarantine => "quarantine",
-        }
-    }
-
-    fn parse(s: &str) -> Option<Self> {
-        PoolStatus::ALL.into_iter().find(|p| p.as_str() == s)
-    }
-
-    /// pgpool routes queries to it (waiting = up, no connection made yet).
-    pub fn is_serving(&self) -> bool {
-        matches!(self, PoolStatus::Up | PoolStatus::Waiting)
-    }
-}
+pub use crate::cluster::PoolStatus;
 
 /// One row of `SHOW POOL_NODES` (pgpool 4.3 columns).
 #[derive(Debug, Clone, PartialEq, Serialize)]

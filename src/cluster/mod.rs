@@ -5,52 +5,9 @@
 //! hand-built views: which node is primary, when a failover is due, which standby may be
 //! promoted, which node may be wiped and rebuilt, which may be attached to pgpool.
 
-use serde::Serialize;
+mod view;
 
-use crate::docker::ContainerStatus;
-use crate::pgpool::control::PoolStatus;
-use crate::postgres::PgState;
-
-/// Everything known about one node at one moment.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct NodeView {
-    pub id: usize,
-    pub name: String,
-    /// None when Docker could not be asked.
-    pub container: Option<ContainerStatus>,
-    /// None when the SQL probe failed.
-    pub pg: Option<PgState>,
-    /// Consecutive failed probes.
-    pub probe_failures: u32,
-    pub pool: Option<PoolStatus>,
-    /// The primary's `pg_stat_replication` says this node streams from it.
-    pub streaming_from_primary: bool,
-    /// A recovery job owns the node right now; leave it alone.
-    pub busy: bool,
-    /// Fenced after a failover: stays down until recovery takes it back.
-    pub fenced: bool,
-    /// Consecutive passes this reachable standby of the cluster did not stream from the primary.
-    pub not_streaming_passes: u32,
-    /// Bytes the standby has yet to replay, as the primary sees it.
-    pub lag_bytes: Option<u64>,
-    /// The id of the node's own container, as last inspected: Docker events of any other
-    /// container (a `docker-compose run` of the same service, a job) are not about this node.
-    pub container_id: Option<String>,
-}
-
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct ClusterView {
-    pub nodes: Vec<NodeView>,
-    /// The node the sidecar holds to be primary (its own authoritative state).
-    pub primary: Option<usize>,
-    /// The cluster's system identifier, learned from the primary.
-    pub system_identifier: Option<u64>,
-    /// The state generation (primary changes) this view was observed under.
-    pub generation: u64,
-    /// The primary's `pg_stat_replication` was read in this pass: then it alone says who
-    /// streams from the primary.
-    pub replication_seen: bool,
-}
+pub use view::*;
 
 /// Settings the rules depend on.
 #[derive(Debug, Clone)]
@@ -179,17 +136,6 @@ pub fn followers(view: &ClusterView, new_primary: usize, exclude: &[usize]) -> V
         .collect()
 }
 
-/// A Docker event, as the rules need it.
-#[derive(Debug, Clone, Default)]
-pub struct EventFacts {
-    pub container_id: String,
-    /// `com.docker.compose.oneoff=True` or a job container.
-    pub oneoff: bool,
-    pub action: String,
-    /// For `kill`: the signal sent.
-    pub signal: Option<String>,
-}
-
 /// What a Docker event asks of the sidecar.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EventResponse {
@@ -242,55 +188,9 @@ pub fn event_response(view: &ClusterView, ev: &EventFacts) -> EventResponse {
     }
 }
 
-/// A rung of the recovery ladder: how a node comes back as a standby.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Rung {
-    /// Start it, re-point it, attach it: its data is kept as it is.
-    Attach,
-    /// `pg_rewind` onto the primary's timeline: the un-replicated tail is discarded.
-    Rewind,
-    /// Empty the data directory and copy the primary: everything on the node is discarded.
-    Rebuild,
-}
-
-impl Rung {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Rung::Attach => "attach",
-            Rung::Rewind => "rewind",
-            Rung::Rebuild => "rebuild",
-        }
-    }
-}
-
-/// What a node about to be recovered is known to hold, before anything is rewritten.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RecoveryFacts {
-    /// The operator asked for a rebuild, or the node's slot was lost (its WAL is gone).
-    pub force_rebuild: bool,
-    /// A fenced old primary: it may have written WAL the new primary lacks, so it is never
-    /// started as it is.
-    pub fenced: bool,
-    /// Its data directory holds no cluster at all (a recreated container on a lost volume).
-    pub empty: bool,
-}
-
 /// Rung 1 is tried only on a node whose data may be kept as it is.
 pub fn may_attach_as_is(f: &RecoveryFacts) -> bool {
     !f.force_rebuild && !f.fenced && !f.empty
-}
-
-/// Whose data a stopped node holds, read offline (`pg_controldata`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DataIdentity {
-    Empty,
-    /// This cluster's system identifier.
-    Member,
-    /// Another cluster's, but seen online with no user database: a fresh initdb.
-    FreshInitdb,
-    /// Another cluster's data, or an identifier that could not be read.
-    Foreign(String),
 }
 
 /// Why a node's data may not be rewritten.
