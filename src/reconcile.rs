@@ -13,7 +13,8 @@ use futures_util::future::join_all;
 use futures_util::StreamExt;
 
 use crate::cluster::{
-    decide, event_response, Action, ClusterView, EventFacts, EventResponse, NodeView,
+    decide, event_response, failback_may_start, next_recovery_backoff, Action, ClusterView,
+    EventFacts, EventResponse, NodeView,
 };
 use crate::docker::ContainerStatus;
 use crate::metrics::{ROLES, SLOT_STATUSES};
@@ -230,19 +231,14 @@ async fn act(ctx: &Arc<Ctx>, action: Action, generation: u64) {
         Action::Rebuild { node, reason } => spawn_recovery(ctx, node, true, reason),
         Action::Rejoin { node, reason } => spawn_recovery(ctx, node, false, reason),
         Action::Failback { to } => {
-            // Not right after a failover: the cluster should settle before a planned change.
-            let settled = ctx.with_state(|s| {
-                s.last_failover.as_ref().is_none_or(|f| {
-                    let now = std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map(|d| d.as_secs_f64())
-                        .unwrap_or_default();
-                    now - f.at_unix > FAILBACK_SETTLE_SECONDS
-                })
-            });
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or_default();
+            let last = ctx.with_state(|s| s.last_failover.as_ref().map(|f| f.at_unix));
             // A switchover or failover holding the lock: look again on a later pass.
-            let idle = ctx.failover_lock.try_lock().is_ok();
-            if settled && idle {
+            let lock_free = ctx.failover_lock.try_lock().is_ok();
+            if failback_may_start(now, last, lock_free) {
                 tracing::warn!(to = %ctx.node_name(to), "failback to the preferred primary");
                 let c = ctx.clone();
                 ctx.spawn("failback", async move {
@@ -363,9 +359,6 @@ async fn keep_slots(ctx: &Arc<Ctx>, probes: &mut Probes, view: &ClusterView) {
     }
 }
 
-/// Seconds after a failover before an automatic failback may start.
-const FAILBACK_SETTLE_SECONDS: f64 = 10.0;
-
 /// Runs the recovery ladder for `node` in its own task; `recover` marks the node busy, so a
 /// second request while one runs is refused there.
 fn spawn_recovery(ctx: &Arc<Ctx>, node: usize, force_rebuild: bool, reason: String) {
@@ -386,20 +379,13 @@ fn spawn_recovery(ctx: &Arc<Ctx>, node: usize, force_rebuild: bool, reason: Stri
             if ok {
                 s.recovery_backoff.remove(&node);
             } else {
-                let delay = s
-                    .recovery_backoff
-                    .get(&node)
-                    .map(|(_, d)| (*d * 2).min(RECOVERY_BACKOFF_MAX))
-                    .unwrap_or(RECOVERY_BACKOFF_FIRST);
+                let delay = next_recovery_backoff(s.recovery_backoff.get(&node).map(|(_, d)| *d));
                 s.recovery_backoff
                     .insert(node, (std::time::Instant::now() + delay, delay));
             }
         });
     });
 }
-
-const RECOVERY_BACKOFF_FIRST: Duration = Duration::from_secs(5);
-const RECOVERY_BACKOFF_MAX: Duration = Duration::from_secs(300);
 
 /// Takes `node` as primary; the first time, starts pgpool with only verified nodes up.
 fn adopt_primary(ctx: &Arc<Ctx>, node: usize) {

@@ -214,6 +214,26 @@ pub fn rewrite_rungs(f: &RecoveryFacts, data: &DataIdentity) -> Result<Vec<Rung>
     }
 }
 
+/// Seconds after a failover before an automatic failback may start: the cluster settles first.
+pub const FAILBACK_SETTLE_SECONDS: f64 = 10.0;
+/// The first wait after a failed automatic recovery, and the longest.
+pub const RECOVERY_BACKOFF_FIRST: std::time::Duration = std::time::Duration::from_secs(5);
+pub const RECOVERY_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Whether a failback may start now: not within [`FAILBACK_SETTLE_SECONDS`] of the last
+/// failover (unix seconds), and not while an operation holds the failover lock.
+pub fn failback_may_start(now_unix: f64, last_failover_unix: Option<f64>, lock_free: bool) -> bool {
+    lock_free && last_failover_unix.is_none_or(|at| now_unix - at > FAILBACK_SETTLE_SECONDS)
+}
+
+/// The wait before the next automatic recovery of a node whose last one failed after waiting
+/// `previous` (None: the first failure): doubling, capped.
+pub fn next_recovery_backoff(previous: Option<std::time::Duration>) -> std::time::Duration {
+    previous
+        .map(|d| (d * 2).min(RECOVERY_BACKOFF_MAX))
+        .unwrap_or(RECOVERY_BACKOFF_FIRST)
+}
+
 /// At start-up: which node is the primary. Among reachable writable nodes, the highest timeline
 /// wins (a node promoted by a failover beats an old primary restarted by hand); then the one the
 /// standbys follow; then the first configured node. While the first node's container is still
@@ -902,5 +922,21 @@ mod tests {
         v3.nodes[2].busy = false;
         fb.auto_failback = false;
         assert!(!decide(&v3, &fb).contains(&Action::Failback { to: 1 }));
+    }
+
+    #[test]
+    fn failback_settles_and_recovery_backs_off() {
+        assert!(failback_may_start(100.0, None, true));
+        assert!(!failback_may_start(100.0, None, false), "lock held");
+        assert!(!failback_may_start(105.0, Some(100.0), true), "too soon");
+        assert!(failback_may_start(111.0, Some(100.0), true));
+        let mut d = None;
+        let mut seen = vec![];
+        for _ in 0..9 {
+            let next = next_recovery_backoff(d);
+            seen.push(next.as_secs());
+            d = Some(next);
+        }
+        assert_eq!(seen, vec![5, 10, 20, 40, 80, 160, 300, 300, 300]);
     }
 }
