@@ -203,6 +203,9 @@ pub fn pgpool_conf(cfg: &Config, paths: &Paths) -> Result<String, ConfError> {
     set("backend_clustering_mode", "streaming_replication");
     set("listen_addresses", "*");
     set("port", &cfg.pgpool_port.to_string());
+    // pgpool 4.3 calls it `socket_dir`, 4.4 and later `unix_socket_directories`; each ignores
+    // the other's name. The default (/var/run/postgresql) is not writable by pgpool's user.
+    set("socket_dir", &paths.run_dir.to_string_lossy());
     set("unix_socket_directories", &paths.run_dir.to_string_lossy());
     set("pcp_listen_addresses", "localhost");
     set("pcp_port", &cfg.pcp_port.to_string());
