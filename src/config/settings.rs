@@ -14,6 +14,7 @@
 //!
 //! The table's order is the order settings are read and problems reported, and a setting can
 //! only look at settings above it, which is why `pcp_password` comes after the ports.
+//! `tests.rs` pins the accepted names, because renaming one breaks deployed compose files.
 
 use std::collections::BTreeMap;
 use std::fmt;
