@@ -17,26 +17,7 @@ use std::time::Duration;
 use crate::postgres::{PgError, Session, Slot};
 use crate::state::Ctx;
 
-/// Only slots with this prefix are ours to create and drop; anyone else's are left alone.
-pub const PREFIX: &str = "sidecar_";
-
-/// Longest slot name PostgreSQL accepts (NAMEDATALEN - 1).
-const MAX_NAME: usize = 63;
-
-/// The slot of the node named `node` (its compose service name, e.g. `pg-1` → `sidecar_pg_1`):
-/// slot names allow only lower-case letters, digits and underscores.
-pub fn slot_name(node: &str) -> String {
-    let mut s = String::from(PREFIX);
-    s.extend(node.chars().map(|c| {
-        if c.is_ascii_alphanumeric() {
-            c.to_ascii_lowercase()
-        } else {
-            '_'
-        }
-    }));
-    s.truncate(MAX_NAME);
-    s
-}
+pub use crate::cluster::{slot_name, SLOT_PREFIX as PREFIX};
 
 /// One configured node other than the primary, as the slot rules see it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -9,6 +9,27 @@ mod view;
 
 pub use view::*;
 
+/// Only slots with this prefix are ours to create and drop; anyone else's are left alone.
+pub const SLOT_PREFIX: &str = "sidecar_";
+
+/// Longest slot name PostgreSQL accepts (NAMEDATALEN - 1).
+const MAX_SLOT_NAME: usize = 63;
+
+/// The slot of the node named `node` (its compose service name, e.g. `pg-1` → `sidecar_pg_1`):
+/// slot names allow only lower-case letters, digits and underscores.
+pub fn slot_name(node: &str) -> String {
+    let mut s = String::from(SLOT_PREFIX);
+    s.extend(node.chars().map(|c| {
+        if c.is_ascii_alphanumeric() {
+            c.to_ascii_lowercase()
+        } else {
+            '_'
+        }
+    }));
+    s.truncate(MAX_SLOT_NAME);
+    s
+}
+
 /// Settings the rules depend on.
 #[derive(Debug, Clone)]
 pub struct Policy {

@@ -49,7 +49,7 @@ pub(super) fn slot_clashes(ck: &mut Checker, e: &Earlier) {
     };
     let mut seen = BTreeMap::new();
     for n in nodes {
-        let slot = crate::slots::slot_name(&n.host);
+        let slot = crate::cluster::slot_name(&n.host);
         // (Equal hosts are reported, or allowed with distinct ports, elsewhere.)
         let clash = seen
             .insert(slot.clone(), n.host.clone())
