@@ -875,3 +875,54 @@ impl DockerRuntime {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call_error(e: bollard::errors::Error) -> DockerError {
+        DockerError::Call {
+            operation: "stop",
+            container: "pg-0".into(),
+            status: status_of(&e),
+            message: e.to_string(),
+        }
+    }
+
+    #[test]
+    fn docker_answers_are_told_apart_by_status_not_text() {
+        let not_modified = call_error(bollard::errors::Error::DockerResponseServerError {
+            status_code: 304,
+            message: String::new(),
+        });
+        assert!(not_modified.has_status(304));
+        // A message that merely mentions a code is not that answer.
+        let other = call_error(bollard::errors::Error::DockerResponseServerError {
+            status_code: 500,
+            message: "container is not running (304)".into(),
+        });
+        assert!(!other.has_status(304) && !other.has_status(409));
+        assert!(!DockerError::TimedOut { operation: "kill" }.has_status(409));
+    }
+
+    #[test]
+    fn one_off_and_job_containers_are_never_nodes() {
+        let labels = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        assert!(is_oneoff(&labels(&[(ONEOFF_LABEL, "True")])));
+        assert!(is_oneoff(&labels(&[(JOB_LABEL, "rebuild")])));
+        assert!(!is_oneoff(&labels(&[(ONEOFF_LABEL, "False")])));
+        assert!(!is_oneoff(&labels(&[(SERVICE_LABEL, "pg-0")])));
+        let scope = Scope {
+            project: "p".into(),
+            label: Some(("cluster".into(), "a".into())),
+        };
+        assert!(scope.admits(&labels(&[(PROJECT_LABEL, "p"), ("cluster", "a")])));
+        assert!(!scope.admits(&labels(&[(PROJECT_LABEL, "p"), ("cluster", "b")])));
+        assert!(!scope.admits(&labels(&[(PROJECT_LABEL, "q"), ("cluster", "a")])));
+    }
+}

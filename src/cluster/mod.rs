@@ -90,16 +90,17 @@ impl NodeView {
         }
     }
 
-    /// The container cannot serve: stopped, gone, or frozen by `docker pause`.
+    /// The container cannot serve: stopped or gone; or frozen by `docker pause` and a probe
+    /// has failed since (a pause is confirmed by the probes before anything is done).
     fn container_gone(&self) -> bool {
-        matches!(
-            self.container,
+        match self.container {
             Some(ContainerStatus::Exited)
-                | Some(ContainerStatus::Dead)
-                | Some(ContainerStatus::Missing)
-                | Some(ContainerStatus::Created)
-                | Some(ContainerStatus::Paused)
-        )
+            | Some(ContainerStatus::Dead)
+            | Some(ContainerStatus::Missing)
+            | Some(ContainerStatus::Created) => true,
+            Some(ContainerStatus::Paused) => self.probe_failures > 0,
+            _ => false,
+        }
     }
 }
 
@@ -959,5 +960,27 @@ mod tests {
             d = Some(next);
         }
         assert_eq!(seen, vec![5, 10, 20, 40, 80, 160, 300, 300, 300]);
+    }
+
+    #[test]
+    fn a_paused_primary_is_failed_over_once_a_probe_confirms() {
+        let mut v = cluster(vec![primary(0, 100), standby(1, 100)]);
+        v.nodes[0].container = Some(ContainerStatus::Paused);
+        assert_eq!(
+            primary_failure(&v, &policy()),
+            None,
+            "paused, probes still fine"
+        );
+        v.nodes[0].probe_failures = 1;
+        assert_eq!(
+            primary_failure(&v, &policy()),
+            Some("container is Paused".into())
+        );
+        v.nodes[0].container = Some(ContainerStatus::Exited);
+        v.nodes[0].probe_failures = 0;
+        assert_eq!(
+            primary_failure(&v, &policy()),
+            Some("container is Exited".into())
+        );
     }
 }
