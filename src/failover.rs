@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use futures_util::future::join_all;
 
 use crate::cluster::{choose_candidate, followers, NoCandidate};
-use crate::docker::DockerError;
+use crate::docker::{ContainerStatus, DockerError};
 use crate::postgres::PgError;
 use crate::state::{Ctx, FailoverRecord, NodeState};
 
@@ -46,7 +46,8 @@ pub enum Outcome {
 async fn primary_alive(ctx: &Ctx, node: usize) -> bool {
     let name = ctx.node_name(node).to_string();
     match ctx.docker.find(&name).await {
-        Ok(Some(c)) if c.status.is_up() => {}
+        // A paused container is not dead: only the SQL probe can tell it does not answer.
+        Ok(Some(c)) if c.status.is_up() || c.status == ContainerStatus::Paused => {}
         Ok(_) => return false,
         // Docker unreachable: fall through to SQL, it is the better witness anyway.
         Err(_) => {}

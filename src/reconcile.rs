@@ -555,6 +555,10 @@ async fn handle_event(ctx: &Arc<Ctx>, ev: &crate::docker::ContainerEvent) {
         EventResponse::Failover { node, reason } => {
             let _ = failover::failover(ctx, node, "docker", &reason, false).await;
         }
+        EventResponse::ConfirmPrimary { node, reason } => {
+            // verify: a quick SQL probe decides; a primary that answers is left alone.
+            let _ = failover::failover(ctx, node, "docker", &reason, true).await;
+        }
         EventResponse::StandbyDown { node } => {
             tracing::warn!(
                 node = %ctx.node_name(node),

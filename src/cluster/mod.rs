@@ -165,6 +165,9 @@ pub enum EventResponse {
     Failover { node: usize, reason: String },
     /// A standby's own container died: take it out of pgpool, never promote anything.
     StandbyDown { node: usize },
+    /// The primary's own container was paused or reported unhealthy: fail over only if a quick
+    /// SQL probe confirms that it does not answer.
+    ConfirmPrimary { node: usize, reason: String },
     /// Something may be wrong (pause, unhealthy, or a container not yet seen): look now, let
     /// the probes confirm before anything is done.
     Look,
@@ -180,13 +183,16 @@ pub fn event_response(view: &ClusterView, ev: &EventFacts) -> EventResponse {
     if ev.oneoff {
         return EventResponse::Ignore;
     }
+    // Some(true): it died. Some(false): it may hang, the probe decides. None: another signal
+    // (a `docker stop` sends SIGINT first): the `die` that follows is what counts.
     let death = match ev.action.as_str() {
-        "die" | "oom" => true,
+        "die" | "oom" => Some(true),
         "kill" => matches!(
             ev.signal.as_deref(),
             Some("9") | Some("SIGKILL") | Some("KILL")
-        ),
-        "pause" | "health_status: unhealthy" => false,
+        )
+        .then_some(true),
+        "pause" | "health_status: unhealthy" => Some(false),
         _ => return EventResponse::Ignore,
     };
     let Some(node) = view
@@ -197,8 +203,18 @@ pub fn event_response(view: &ClusterView, ev: &EventFacts) -> EventResponse {
         // A container of the cluster the last pass did not see (just recreated?): look.
         return EventResponse::Look;
     };
-    if !death || node.busy || node.fenced {
+    let Some(death) = death.filter(|_| !node.busy && !node.fenced) else {
         return EventResponse::Look;
+    };
+    if !death {
+        return if view.primary == Some(node.id) {
+            EventResponse::ConfirmPrimary {
+                node: node.id,
+                reason: format!("Docker event {}", ev.action),
+            }
+        } else {
+            EventResponse::Look
+        };
     }
     if view.primary == Some(node.id) {
         EventResponse::Failover {
@@ -756,8 +772,21 @@ mod tests {
             ),
             // A container of the project the last pass did not see: look, do not act.
             (event("c9", "die"), EventResponse::Look),
-            (event("c0", "pause"), EventResponse::Look),
-            (event("c0", "health_status: unhealthy"), EventResponse::Look),
+            (
+                event("c0", "pause"),
+                EventResponse::ConfirmPrimary {
+                    node: 0,
+                    reason: "Docker event pause".into(),
+                },
+            ),
+            (
+                event("c0", "health_status: unhealthy"),
+                EventResponse::ConfirmPrimary {
+                    node: 0,
+                    reason: "Docker event health_status: unhealthy".into(),
+                },
+            ),
+            (event("c1", "pause"), EventResponse::Look),
             (event("c0", "start"), EventResponse::Ignore),
             (event("c2", "die"), EventResponse::StandbyDown { node: 2 }),
         ];
