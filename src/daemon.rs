@@ -5,7 +5,7 @@
 //! supervisor once a primary is known) and, on a signal, cancels them and waits for them.
 
 use std::collections::BTreeSet;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -34,6 +34,8 @@ pub enum DaemonError {
     Http { addr: String, message: String },
     #[error("cannot install signal handlers: {0}")]
     Signals(String),
+    #[error("cannot set up the metrics registry: {0}")]
+    Metrics(String),
     /// pgpool would run as root beside the Docker socket: refused.
     #[error("pgpool must not run as root in the container that holds the Docker socket: {0}")]
     PgpoolUser(String),
@@ -181,7 +183,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
             message: e.to_string(),
         })?;
     let ctx = Arc::new(Ctx {
-        metrics: Metrics::new(cfg.nodes.len()),
+        metrics: Metrics::new(cfg.nodes.len()).map_err(|e| DaemonError::Metrics(e.to_string()))?,
         docker: DockerRuntime::new(docker, scope),
         pgpool: Pgpool::new(&cfg, &paths, reaper.clone()),
         reaper,
@@ -225,7 +227,11 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         .await
         .is_err()
     {
-        let left = ctx.running.lock().expect("running").clone();
+        let left = ctx
+            .running
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
         tracing::warn!(tasks = ?left, "tasks did not finish within 9 s");
     }
     tracing::info!("stopped");

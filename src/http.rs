@@ -279,11 +279,10 @@ async fn route(ctx: &Arc<Ctx>, req: Request<Incoming>, started: Instant) -> Resp
         }
     }
     match (req.method(), path.as_str()) {
-        (&Method::GET, "/metrics") => reply(
-            StatusCode::OK,
-            "text/plain; version=0.0.4",
-            ctx.metrics.render(),
-        ),
+        (&Method::GET, "/metrics") => match ctx.metrics.render() {
+            Ok(text) => reply(StatusCode::OK, "text/plain; version=0.0.4", text),
+            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        },
         (&Method::GET, "/healthz") => healthz(ctx, started),
         (&Method::GET, "/readyz") => {
             let (ready, why) = ctx.with_state(|s| {

@@ -130,11 +130,16 @@ async fn main() -> ExitCode {
                     eprintln!("pgpool-sidecar: invalid configuration:\n{e}");
                     return ExitCode::from(EXIT_CONFIG);
                 }
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&cfg.redacted()).expect("json")
-                );
-                ExitCode::SUCCESS
+                match serde_json::to_string_pretty(&cfg.redacted()) {
+                    Ok(text) => {
+                        println!("{text}");
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("pgpool-sidecar: cannot print the configuration: {e}");
+                        ExitCode::FAILURE
+                    }
+                }
             }
             Err(code) => code,
         },

@@ -56,14 +56,16 @@ fn name(n: &str) -> String {
 
 macro_rules! reg {
     ($r:expr, $m:expr) => {{
-        let m = $m.expect("metric definition");
-        $r.register(Box::new(m.clone())).expect("unique metric");
+        let m = $m?;
+        $r.register(Box::new(m.clone()))?;
         m
     }};
 }
 
 impl Metrics {
-    pub fn new(node_count: usize) -> Self {
+    /// Fails only on a metric definition the prometheus crate rejects (a programming error the
+    /// unit test catches), reported instead of panicking.
+    pub fn new(node_count: usize) -> Result<Self, prometheus::Error> {
         let r = Registry::new();
         let nodes: Vec<String> = (0..node_count).map(|i| i.to_string()).collect();
         let build_info = reg!(
@@ -289,9 +291,7 @@ impl Metrics {
         #[cfg(target_os = "linux")]
         {
             let pc = prometheus::process_collector::ProcessCollector::for_self();
-            m.registry
-                .register(Box::new(pc))
-                .expect("process collector");
+            m.registry.register(Box::new(pc))?;
         }
         for n in &nodes {
             let n = n.as_str();
@@ -341,16 +341,14 @@ impl Metrics {
                 m.fencing_actions.with_label_values(&[action, result]);
             }
         }
-        m
+        Ok(m)
     }
 
     /// The text exposition format (0.0.4).
-    pub fn render(&self) -> Vec<u8> {
+    pub fn render(&self) -> Result<Vec<u8>, prometheus::Error> {
         let mut buf = Vec::new();
-        TextEncoder::new()
-            .encode(&self.registry.gather(), &mut buf)
-            .expect("text encoding never fails on a gathered registry");
-        buf
+        TextEncoder::new().encode(&self.registry.gather(), &mut buf)?;
+        Ok(buf)
     }
 }
 
@@ -360,11 +358,11 @@ mod tests {
 
     #[test]
     fn series_exist_before_any_event() {
-        let m = Metrics::new(3);
+        let m = Metrics::new(3).unwrap();
         m.recoveries
             .with_label_values(&["1", "rebuild", "success"])
             .inc();
-        let text = String::from_utf8(m.render()).unwrap();
+        let text = String::from_utf8(m.render().unwrap()).unwrap();
         // Label pairs come out sorted by name, whatever the declaration order.
         assert!(text.contains(
             "pgpool_sidecar_recoveries_total{method=\"rebuild\",node=\"1\",result=\"success\"} 1"

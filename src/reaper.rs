@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
@@ -98,7 +98,7 @@ impl Reaper {
     }
 
     fn deliver(&self, pid: i32, code: i32) {
-        let mut slots = self.slots.lock().expect("reaper lock");
+        let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
         match slots.remove(&pid) {
             Some(Slot::Waiting(tx)) => {
                 let _ = tx.send(code);
@@ -116,7 +116,7 @@ impl Reaper {
 
     fn register(&self, pid: i32) -> oneshot::Receiver<i32> {
         let (tx, rx) = oneshot::channel();
-        let mut slots = self.slots.lock().expect("reaper lock");
+        let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
         match slots.remove(&pid) {
             Some(Slot::Exited(code)) => {
                 let _ = tx.send(code);

@@ -5,7 +5,7 @@
 //! reads it for `/status` and `/readyz`. No globals: everything hangs off [`Ctx`].
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -182,11 +182,15 @@ impl Ctx {
     }
 
     pub fn primary(&self) -> Option<usize> {
-        self.state.lock().expect("state").view.primary
+        self.state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .view
+            .primary
     }
 
     pub fn with_state<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
-        f(&mut self.state.lock().expect("state"))
+        f(&mut self.state.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
     /// Spawns a named, tracked task that does one job (a hook call, a recovery) and is dropped
@@ -223,10 +227,16 @@ impl Ctx {
         F: std::future::Future<Output = ()> + Send + 'static,
     {
         let ctx = self.clone();
-        self.running.lock().expect("running").insert(name.clone());
+        self.running
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(name.clone());
         self.tracker.spawn(async move {
             fut.await;
-            ctx.running.lock().expect("running").remove(&name);
+            ctx.running
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&name);
             task_ended(&name, essential, &ctx.cancel);
         });
     }

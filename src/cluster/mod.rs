@@ -294,18 +294,15 @@ pub fn initial_primary(view: &ClusterView) -> Option<usize> {
         .is_some_and(|f| f.pg.is_none() && !f.container_gone());
     view.nodes
         .iter()
-        .filter(|n| n.pg.as_ref().is_some_and(|p| !p.in_recovery))
-        .filter(|n| {
-            !first_pending || n.pg.as_ref().is_some_and(|p| p.timeline > 1) || followers(n) > 0
-        })
-        .max_by(|a, b| {
-            let (pa, pb) = (a.pg.as_ref().unwrap(), b.pg.as_ref().unwrap());
+        .filter_map(|n| n.pg.as_ref().filter(|p| !p.in_recovery).map(|p| (n, p)))
+        .filter(|(n, p)| !first_pending || p.timeline > 1 || followers(n) > 0)
+        .max_by(|(a, pa), (b, pb)| {
             pa.timeline
                 .cmp(&pb.timeline)
                 .then(followers(a).cmp(&followers(b)))
                 .then(b.id.cmp(&a.id))
         })
-        .map(|n| n.id)
+        .map(|(n, _)| n.id)
 }
 
 /// The standby to promote when `old` fails: highest WAL position; ties by priority, then the
@@ -322,15 +319,14 @@ pub fn choose_candidate(
         .iter()
         .filter(|n| n.id != old && !n.fenced && !n.busy)
         .filter(|n| n.is_member(view.system_identifier))
-        .filter(|n| n.pg.as_ref().is_some_and(|p| p.in_recovery))
-        .max_by(|a, b| {
-            let (la, lb) = (a.pg.as_ref().unwrap().lsn, b.pg.as_ref().unwrap().lsn);
-            la.cmp(&lb)
+        .filter_map(|n| n.pg.as_ref().filter(|p| p.in_recovery).map(|p| (n, p.lsn)))
+        .max_by(|(a, la), (b, lb)| {
+            la.cmp(lb)
                 .then(prio(a.id).cmp(&prio(b.id)))
                 .then(b.id.cmp(&a.id))
         })
         .ok_or(NoCandidate::NoStandby)?;
-    let lsn = best.pg.as_ref().map(|p| p.lsn).unwrap_or(0);
+    let (best, lsn) = best;
     if let Some(old_lsn) = old_lsn {
         let lag = old_lsn.saturating_sub(lsn);
         if lag > policy.max_lag_on_failover {
