@@ -237,13 +237,6 @@ async fn run(ctx: &Arc<Ctx>, old: usize) -> Result<usize, FailoverError> {
     crate::slots::on_promotion(ctx, candidate).await;
 
     // 4. Keep synchronous replication right: name only the nodes that can still stream.
-    // Busy flags as they are now: a recovery may have started since the view was taken.
-    ctx.with_state(|s| {
-        for n in view.nodes.iter_mut() {
-            n.busy = s.busy.contains(&n.id);
-        }
-    });
-    let live = followers(&view, candidate, &[old]);
     if ctx.cfg.synchronous_standbys > 0 {
         let value = ctx.synchronous_value(candidate);
         if let Err(e) = ctx.sessions[candidate]
@@ -256,7 +249,14 @@ async fn run(ctx: &Arc<Ctx>, old: usize) -> Result<usize, FailoverError> {
         }
     }
 
-    // 5. Re-point the other standbys at the new primary, all at once.
+    // 5. Re-point the other standbys at the new primary, all at once. Busy flags as they are
+    //    now: a recovery may have started since the view was taken.
+    ctx.with_state(|s| {
+        for n in view.nodes.iter_mut() {
+            n.busy = s.busy.contains(&n.id);
+        }
+    });
+    let live = followers(&view, candidate, &[old]);
     join_all(live.iter().map(|&n| repoint(ctx, n, candidate))).await;
     Ok(candidate)
 }

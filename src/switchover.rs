@@ -107,9 +107,8 @@ async fn restore_old_primary(ctx: &Ctx, old: &ContainerInfo, failed_target: Opti
     }
     // Still under the failover lock: pgpool's hook for the stopped primary, waiting behind it,
     // must find a primary that answers, not one half-way through its start.
-    let node = ctx.primary();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while let Some(p) = node {
+    while let Some(p) = ctx.primary() {
         let probe = ctx.sessions[p]
             .lock()
             .await
