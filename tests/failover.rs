@@ -341,8 +341,19 @@ async fn frozen_primary_processes_are_caught_by_the_probes() {
         .filter(|p| !p.is_empty())
         .collect();
     assert!(!pids.is_empty());
-    let (code, _, err) = sh(std::process::Command::new("kill").arg("-STOP").args(&pids));
-    assert_eq!(code, 0, "{err}");
+    // Short-lived backends (pgpool's health checks) may be gone by now: only the postmaster's
+    // stop must succeed; the others are stopped if they still exist.
+    let main_pid = c.inspect("pg-0", "{{.State.Pid}}");
+    assert!(
+        pids.contains(&main_pid.as_str()),
+        "{main_pid} not in {pids:?}"
+    );
+    for pid in &pids {
+        let (code, _, err) = sh(std::process::Command::new("kill").args(["-STOP", pid]));
+        if *pid == main_pid {
+            assert_eq!(code, 0, "cannot stop the postmaster: {err}");
+        }
+    }
     assert_eq!(c.inspect("pg-0", "{{.State.Status}}"), "running");
     let secs = c.write_until_ok(1, Duration::from_secs(30)).await;
     eprintln!("frozen processes: writes resumed after {secs:.2} s");
