@@ -245,3 +245,28 @@ fn configcheck_refuses_what_run_refuses() {
     }
     let _ = std::fs::remove_file(&fifo);
 }
+
+/// The product image ships a supported pgpool-II: 4.6 or newer (4.3 is end of life in 2026-12).
+#[test]
+fn product_image_ships_pgpool_4_6_or_newer() {
+    let out = Command::new("docker")
+        .args(["run", "--rm", "--entrypoint", "pgpool", IMAGE, "--version"])
+        .output()
+        .expect("docker runs");
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "pgpool --version failed: {text}");
+    // "pgpool-II version 4.6.1 (chirikoboshi)"
+    let version = text
+        .split_whitespace()
+        .skip_while(|w| *w != "version")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no version in {text:?}"));
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    eprintln!("product image: pgpool-II {version}");
+    assert!(
+        (major, minor) >= (4, 6),
+        "pgpool-II {version} in {IMAGE}: expected 4.6 or newer"
+    );
+}

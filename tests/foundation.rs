@@ -32,6 +32,24 @@ async fn cluster_comes_up_replicates_exports_metrics_and_stops_cleanly() {
     assert_eq!(nodes[2], ("2".into(), "up".into(), "standby".into()));
 
     let pool = c.pgpool().await.expect("pgpool accepts connections");
+    // Every node runs the PostgreSQL major the matrix asked for (a misconfigured matrix would
+    // otherwise test the default image three times).
+    for node in ["pg-0", "pg-1", "pg-2"] {
+        let client = c.node(node).await.expect("node reachable directly");
+        let v = query(&client, "SHOW server_version_num").await.unwrap();
+        let major = v[0][0]
+            .as_deref()
+            .and_then(|v| v.parse::<u32>().ok())
+            .unwrap()
+            / 10_000;
+        assert_eq!(major, c.nodes.major, "{node} runs PostgreSQL {major}");
+    }
+    eprintln!(
+        "nodes: {} (PostgreSQL {}), compose {}",
+        c.nodes.image,
+        c.nodes.major,
+        if compose_v2() { "v2" } else { "v1" }
+    );
     // A row written through pgpool is readable on each standby directly within 5 s.
     query(
         &pool,

@@ -96,8 +96,10 @@ init_cluster() {
   fi
 
   log "initialising a new cluster in $PGDATA"
+  # No --auth flags, as in the official image: initdb's own pg_hba.conf (trust on the socket and
+  # loopback), then one line below for every other address.
   local -a args extra
-  args=(--username="$POSTGRES_USER" --auth-local=trust --auth-host="$POSTGRES_HOST_AUTH_METHOD")
+  args=(--username="$POSTGRES_USER")
   if [ -n "$POSTGRES_INITDB_WALDIR" ]; then
     args+=(--waldir="$POSTGRES_INITDB_WALDIR")
   fi

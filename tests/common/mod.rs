@@ -65,11 +65,74 @@ where
     }
 }
 
+/// Which node image the e2e tests run on: `PGPOOL_SIDECAR_TEST_NODES` = `17` (the default),
+/// `15`, `18` or `official` (the official-like image, PostgreSQL 17, `FLAVOR=official`). The
+/// version matrix of tests/run-all.sh sets it; every image comes from docker/build-images.sh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Nodes {
+    pub image: &'static str,
+    /// Where the node's named volume is mounted (compose's PG_VOLUME_DIR).
+    pub volume_dir: &'static str,
+    /// PGDATA relative to the volume's root ("" when the volume is PGDATA itself).
+    pub data_in_volume: &'static str,
+    /// The PostgreSQL major version the image runs.
+    pub major: u32,
+    /// A node's first start already has wal_log_hints or data checksums: false only for the
+    /// official-like image before 18, whose first primary the sidecar can fix only for its next
+    /// start — so that primary is rebuilt, not rewound, after its first failover.
+    pub rewindable_from_init: bool,
+}
+
+pub const NODES_17: Nodes = Nodes {
+    image: "pgpool-sidecar-postgres:17",
+    volume_dir: "/var/lib/postgresql/data",
+    data_in_volume: "",
+    major: 17,
+    rewindable_from_init: true,
+};
+
+pub const NODES_OFFICIAL: Nodes = Nodes {
+    image: "pgpool-sidecar-postgres-official:17",
+    rewindable_from_init: false,
+    ..NODES_17
+};
+
+pub fn nodes() -> Nodes {
+    match std::env::var("PGPOOL_SIDECAR_TEST_NODES").as_deref() {
+        Err(_) | Ok("") | Ok("17") => NODES_17,
+        Ok("15") => Nodes {
+            image: "pgpool-sidecar-postgres:15",
+            major: 15,
+            ..NODES_17
+        },
+        Ok("18") => Nodes {
+            image: "pgpool-sidecar-postgres:18",
+            volume_dir: "/var/lib/postgresql",
+            data_in_volume: "18/docker",
+            major: 18,
+            rewindable_from_init: true,
+        },
+        Ok("official") => NODES_OFFICIAL,
+        Ok(other) => panic!("PGPOOL_SIDECAR_TEST_NODES={other}: expected 15, 17, 18 or official"),
+    }
+}
+
+/// `PGPOOL_SIDECAR_TEST_COMPOSE=v2` runs Compose v2 (`docker compose`, the plugin that
+/// docker/compose-v2.sh puts under target/docker-cli) instead of v1's `docker-compose`.
+pub fn compose_v2() -> bool {
+    match std::env::var("PGPOOL_SIDECAR_TEST_COMPOSE").as_deref() {
+        Err(_) | Ok("") | Ok("v1") => false,
+        Ok("v2") => true,
+        Ok(other) => panic!("PGPOOL_SIDECAR_TEST_COMPOSE={other}: expected v1 or v2"),
+    }
+}
+
 pub struct Cluster {
     pub project: String,
     pub pgpool_port: u16,
     pub http_port: u16,
     pub prometheus_port: u16,
+    pub nodes: Nodes,
     files: Vec<PathBuf>,
     env: Vec<(String, String)>,
     profiles: Vec<String>,
@@ -87,6 +150,7 @@ impl Cluster {
             pgpool_port: free_port(),
             http_port: free_port(),
             prometheus_port: free_port(),
+            nodes: nodes(),
             files: vec![repo().join("compose/docker-compose.yml")],
             env: vec![
                 ("POSTGRES_PASSWORD".into(), PASSWORD.into()),
@@ -108,14 +172,29 @@ impl Cluster {
         self
     }
 
+    /// Runs this cluster on `nodes` whatever the matrix says (tests of one image's behaviour).
+    pub fn with_nodes(mut self, nodes: Nodes) -> Self {
+        self.nodes = nodes;
+        self
+    }
+
     pub fn profile(mut self, p: &str) -> Self {
         self.profiles.push(p.into());
         self
     }
 
     pub fn compose(&self) -> Command {
-        let mut c = Command::new("docker-compose");
+        let mut c = if compose_v2() {
+            let mut c = Command::new("docker");
+            c.env("DOCKER_CONFIG", repo().join("target/docker-cli"))
+                .arg("compose");
+            c
+        } else {
+            Command::new("docker-compose")
+        };
         c.arg("-p").arg(&self.project);
+        c.env("PG_IMAGE", self.nodes.image)
+            .env("PG_VOLUME_DIR", self.nodes.volume_dir);
         for f in &self.files {
             c.arg("-f").arg(f);
         }
@@ -383,11 +462,19 @@ impl Cluster {
     }
 
     /// Retries a write through pgpool every 50 ms until one is acknowledged; returns seconds.
+    /// A retry that finds the row already there (unique violation) means an earlier attempt
+    /// committed but its answer was lost with the connection: that row is written, and
+    /// retrying the same id could never succeed.
     pub async fn write_until_ok(&self, id: i64, limit: Duration) -> f64 {
         let start = Instant::now();
         loop {
-            if self.write_once(id).await.is_ok() {
-                return start.elapsed().as_secs_f64();
+            match self.write_once(id).await {
+                Ok(()) => return start.elapsed().as_secs_f64(),
+                Err(e) if e.contains("duplicate key") => {
+                    eprintln!("write {id}: committed by an attempt whose answer was lost");
+                    return start.elapsed().as_secs_f64();
+                }
+                Err(_) => {}
             }
             if start.elapsed() > limit {
                 panic!("no write acknowledged through pgpool within {limit:?}");
