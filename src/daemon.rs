@@ -16,6 +16,7 @@ use crate::docker::{DockerError, DockerRuntime, Scope};
 use crate::metrics::Metrics;
 use crate::pgpool::conf::{ConfError, Paths};
 use crate::pgpool::control::Pgpool;
+use crate::pgpool::version::{self, PgpoolVersion, VersionError};
 use crate::postgres::Session;
 use crate::reaper::Reaper;
 use crate::state::{node_endpoint, Ctx, State};
@@ -28,6 +29,9 @@ pub enum DaemonError {
     Config(String),
     #[error(transparent)]
     PgpoolConf(#[from] ConfError),
+    /// No usable pgpool in the image: its configuration could not be rendered.
+    #[error("cannot tell which pgpool-II this image has: {0}")]
+    PgpoolVersion(#[from] VersionError),
     #[error(transparent)]
     Docker(#[from] DockerError),
     #[error("cannot listen for HTTP on {addr}: {message}")]
@@ -155,9 +159,12 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     if let Some(owner) = paths.owner {
         warn_if_docker_socket_open_to(owner);
     }
-    // Before anything else: a bad pass-through is a config error, not a runtime one.
-    pgpool::supervisor::write_config(&cfg, &paths)?;
     let reaper = Reaper::start().map_err(|e| DaemonError::Signals(e.to_string()))?;
+    // Setting names differ between pgpool versions: asked once, before anything is rendered.
+    let pgpool_version = version::detect(&reaper, version::DETECT_TIMEOUT).await?;
+    log_pgpool_version(pgpool_version);
+    // Before anything else: a bad pass-through is a config error, not a runtime one.
+    pgpool::supervisor::write_config(&cfg, &paths, pgpool_version)?;
 
     let docker = DockerRuntime::connect().await?;
     let project = match &cfg.compose_project {
@@ -183,11 +190,13 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
             message: e.to_string(),
         })?;
     let ctx = Arc::new(Ctx {
-        metrics: Metrics::new(cfg.nodes.len()).map_err(|e| DaemonError::Metrics(e.to_string()))?,
+        metrics: Metrics::new(cfg.nodes.len(), pgpool_version)
+            .map_err(|e| DaemonError::Metrics(e.to_string()))?,
         docker: DockerRuntime::new(docker, scope),
         pgpool: Pgpool::new(&cfg, &paths, reaper.clone()),
         reaper,
         paths,
+        pgpool_version,
         state: Mutex::new(State::default()),
         sessions: (0..cfg.nodes.len())
             .map(|i| tokio::sync::Mutex::new(Session::new(node_endpoint(&cfg, i))))
@@ -238,6 +247,18 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     match stop {
         Stop::Signal => Ok(()),
         Stop::TaskEnded => Err(DaemonError::TaskEnded),
+    }
+}
+
+fn log_pgpool_version(v: PgpoolVersion) {
+    if v.newer_than_known() {
+        tracing::warn!(
+            pgpool_version = %v,
+            known = %PgpoolVersion::NEWEST_KNOWN,
+            "pgpool-II is newer than any version pgpool-sidecar was checked against; its configuration is written as for the newest known one"
+        );
+    } else {
+        tracing::info!(pgpool_version = %v, "pgpool-II detected");
     }
 }
 
@@ -312,6 +333,33 @@ mod tests {
         assert_eq!(panic_message(p.as_ref(), &secrets), "(no message)");
         let p: Box<dyn std::any::Any + Send> = Box::new("é".repeat(PANIC_MESSAGE_MAX));
         assert!(panic_message(p.as_ref(), &secrets).len() <= PANIC_MESSAGE_MAX + 3);
+    }
+
+    #[test]
+    fn an_unusable_pgpool_is_a_named_start_up_failure() {
+        let cases = [
+            (
+                VersionError::Unsupported {
+                    found: PgpoolVersion::new(4, 2, 19),
+                },
+                "cannot tell which pgpool-II this image has: pgpool-II 4.2.19 is not supported",
+            ),
+            (
+                VersionError::NotRun("cannot start pgpool: No such file or directory".into()),
+                "cannot tell which pgpool-II this image has: cannot run `pgpool --version`",
+            ),
+            (
+                VersionError::Unrecognised {
+                    output: "garbage".into(),
+                },
+                "cannot tell which pgpool-II this image has: `pgpool --version` printed no",
+            ),
+        ];
+        for (e, start) in cases {
+            let e = DaemonError::from(e);
+            assert!(e.to_string().starts_with(start), "{e}");
+            assert_eq!(e.exit_code(), 1, "{e}");
+        }
     }
 
     #[tokio::test]

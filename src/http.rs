@@ -353,6 +353,7 @@ pub fn status(ctx: &Ctx) -> serde_json::Value {
             "primary": s.view.primary.map(|p| ctx.node_name(p).to_string()),
             "primary_id": s.view.primary,
             "pgpool_up": s.pgpool_up,
+            "pgpool_version": ctx.pgpool_version.to_string(),
             "nodes": nodes,
             "last_failover": s.last_failover,
             "last_refusal": s.last_refusal,

@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use pgpool_sidecar::config::{self, LogFormat, ProcessEnv, DEFAULT_HOOK_SOCKET};
 use pgpool_sidecar::pgpool::conf::{pgpool_conf, Paths};
+use pgpool_sidecar::pgpool::version::PgpoolVersion;
 use pgpool_sidecar::{client, daemon, hook};
 
 /// Exit code for bad configuration (EX_USAGE).
@@ -125,8 +126,10 @@ async fn main() -> ExitCode {
         Command::Configcheck => match load_config() {
             Ok(cfg) => {
                 // `run` renders pgpool.conf before anything else; the same refusals here, with
-                // the same exit code, so a passing configcheck means `run` gets that far.
-                if let Err(e) = pgpool_conf(&cfg, &Paths::default()) {
+                // the same exit code, so a passing configcheck means `run` gets that far. None
+                // of them depends on the pgpool version, which configcheck does not ask for (it
+                // runs where pgpool may not be installed).
+                if let Err(e) = pgpool_conf(&cfg, &Paths::default(), PgpoolVersion::NEWEST_KNOWN) {
                     eprintln!("pgpool-sidecar: invalid configuration:\n{e}");
                     return ExitCode::from(EXIT_CONFIG);
                 }

@@ -11,6 +11,7 @@ use prometheus::{
 };
 
 use crate::pgpool::control::PoolStatus;
+use crate::pgpool::version::PgpoolVersion;
 
 const DURATION_BUCKETS: &[f64] = &[
     0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
@@ -64,8 +65,12 @@ macro_rules! reg {
 
 impl Metrics {
     /// Fails only on a metric definition the prometheus crate rejects (a programming error the
-    /// unit test catches), reported instead of panicking.
-    pub fn new(node_count: usize) -> Result<Self, prometheus::Error> {
+    /// unit test catches), reported instead of panicking. `pgpool_version` is the pgpool-II
+    /// found at start; it does not change while the daemon runs.
+    pub fn new(
+        node_count: usize,
+        pgpool_version: PgpoolVersion,
+    ) -> Result<Self, prometheus::Error> {
         let r = Registry::new();
         let nodes: Vec<String> = (0..node_count).map(|i| i.to_string()).collect();
         let build_info = reg!(
@@ -77,6 +82,20 @@ impl Metrics {
         );
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        // Which pgpool a dashboard's numbers come from: defaults and behaviour differ by version.
+        let pgpool_info = reg!(
+            r,
+            IntGaugeVec::new(
+                Opts::new(
+                    name("pgpool_info"),
+                    "The pgpool-II version the sidecar runs; always 1."
+                ),
+                &["version"]
+            )
+        );
+        pgpool_info
+            .with_label_values(&[&pgpool_version.to_string()])
             .set(1);
         let m = Metrics {
             up: reg!(
@@ -358,7 +377,7 @@ mod tests {
 
     #[test]
     fn series_exist_before_any_event() {
-        let m = Metrics::new(3).unwrap();
+        let m = Metrics::new(3, PgpoolVersion::new(4, 6, 1)).unwrap();
         m.recoveries
             .with_label_values(&["1", "rebuild", "success"])
             .inc();
@@ -368,6 +387,8 @@ mod tests {
             "pgpool_sidecar_recoveries_total{method=\"rebuild\",node=\"1\",result=\"success\"} 1"
         ));
         assert!(text.contains("pgpool_sidecar_build_info{version=\""));
+        assert!(text.contains("pgpool_sidecar_pgpool_info{version=\"4.6.1\"} 1\n"));
+        assert!(text.contains("# TYPE pgpool_sidecar_pgpool_info gauge"));
         assert!(text.contains("pgpool_sidecar_backend_up{node=\"2\"} 0"));
         assert!(text.contains("pgpool_sidecar_backend_role{node=\"1\",role=\"unknown\"} 1"));
         assert!(text.contains("pgpool_sidecar_failovers_total{result=\"success\"} 0"));

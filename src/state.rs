@@ -19,6 +19,7 @@ use crate::docker::DockerRuntime;
 use crate::metrics::Metrics;
 use crate::pgpool::conf::Paths;
 use crate::pgpool::control::{Pgpool, PoolNode};
+use crate::pgpool::version::PgpoolVersion;
 use crate::postgres::{Endpoint, ReplicaStat, Session};
 use crate::reaper::Reaper;
 
@@ -81,6 +82,8 @@ pub struct State {
 pub struct Ctx {
     pub cfg: Arc<Config>,
     pub paths: Paths,
+    /// The pgpool-II in this image, asked at start: pgpool.conf was written for it.
+    pub pgpool_version: PgpoolVersion,
     pub docker: DockerRuntime,
     pub metrics: Metrics,
     pub reaper: Reaper,

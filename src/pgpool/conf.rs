@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use md5::{Digest, Md5};
 
 use crate::config::Config;
+use crate::pgpool::version::PgpoolVersion;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfError {
@@ -27,7 +28,7 @@ pub enum ConfError {
 pub struct Paths {
     pub conf_dir: PathBuf,
     pub run_dir: PathBuf,
-    /// pgpool's `logdir`: it keeps `pgpool_status` there.
+    /// pgpool's `logdir` (`work_dir` from 4.7): it keeps `pgpool_status` there.
     pub status_dir: PathBuf,
     pub sidecar_bin: PathBuf,
     /// The unprivileged user pgpool runs as, owner of what pgpool reads and writes. None when
@@ -111,6 +112,63 @@ pub fn reserved(key: &str) -> bool {
         )
 }
 
+/// The address pgpool's PCP listens on and our PCP calls (and their pass file) use. Not
+/// `localhost`: from 4.4 pgpool binds every address that name resolves to and warns for each it
+/// cannot bind (`::1` in a container without IPv6), and from 4.6.2 the PCP client connects to the
+/// first address only, without trying the next; 4.3 took IPv4 only on both sides.
+pub const PCP_HOST: &str = "127.0.0.1";
+
+/// A setting pgpool renamed: `old` up to the release before `since`, `new` from `since` on.
+struct Renamed {
+    old: &'static str,
+    new: &'static str,
+    since: (u32, u32),
+}
+
+/// Renames between 4.3 and 4.7 (src/config/pool_config_variables.c and the release notes'
+/// migration sections). pgpool takes an unknown name with only an INFO line and otherwise
+/// ignores it, and an old name it still reads with a WARNING: the name a version reads is written.
+const RENAMED: &[Renamed] = &[
+    // 4.4 reads only the new name (a list since then).
+    Renamed {
+        old: "socket_dir",
+        new: "unix_socket_directories",
+        since: (4, 4),
+    },
+    // 4.4 reads the old one with a warning. pgpool matches names case-sensitively, and a
+    // pass-through key is lower case: without this, 4.3's `delegate_IP` could not be set.
+    Renamed {
+        old: "delegate_IP",
+        new: "delegate_ip",
+        since: (4, 4),
+    },
+    // 4.7 reads the old one with a warning.
+    Renamed {
+        old: "logdir",
+        new: "work_dir",
+        since: (4, 7),
+    },
+    // Every supported version reads the old one, with a warning.
+    Renamed {
+        old: "fail_over_on_backend_error",
+        new: "failover_on_backend_error",
+        since: (4, 0),
+    },
+];
+
+/// The name `version` reads for the setting called `key` (either of its names, in any case for
+/// the old one, since pass-through keys are lowercased); any other key as it is.
+pub fn setting_name(key: &str, version: PgpoolVersion) -> &str {
+    match RENAMED
+        .iter()
+        .find(|r| key == r.new || key.eq_ignore_ascii_case(r.old))
+    {
+        Some(r) if version.at_least(r.since.0, r.since.1) => r.new,
+        Some(r) => r.old,
+        None => key,
+    }
+}
+
 /// pgpool reads `include` as a directive to read another file, which could set anything.
 const INCLUDE: &str = "include";
 
@@ -187,14 +245,19 @@ pub fn shell_safe(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'.' | b'_' | b'-'))
 }
 
-/// pgpool.conf. Passwords are not in it: pgpool reads them from pool_passwd when the
-/// `*_password` settings are empty.
-pub fn pgpool_conf(cfg: &Config, paths: &Paths) -> Result<String, ConfError> {
+/// pgpool.conf for pgpool-II `version`, with each setting under the name that version reads
+/// ([`setting_name`]; a pass-through key too, so an old name keeps working). Passwords are not
+/// in it: pgpool reads them from pool_passwd when the `*_password` settings are empty.
+pub fn pgpool_conf(
+    cfg: &Config,
+    paths: &Paths,
+    version: PgpoolVersion,
+) -> Result<String, ConfError> {
     let mut s: BTreeMap<String, String> = BTreeMap::new();
     let mut failed: Option<ConfError> = None;
     let mut set = |k: &str, v: &str| match quote(k, v) {
         Ok(q) => {
-            s.insert(k.to_string(), q);
+            s.insert(setting_name(k, version).to_string(), q);
         }
         Err(e) => {
             failed.get_or_insert(e);
@@ -203,17 +266,16 @@ pub fn pgpool_conf(cfg: &Config, paths: &Paths) -> Result<String, ConfError> {
     set("backend_clustering_mode", "streaming_replication");
     set("listen_addresses", "*");
     set("port", &cfg.pgpool_port.to_string());
-    // pgpool 4.3 calls it `socket_dir`, 4.4 and later `unix_socket_directories`; each ignores
-    // the other's name. The default (/var/run/postgresql) is not writable by pgpool's user.
-    set("socket_dir", &paths.run_dir.to_string_lossy());
+    // `socket_dir` in 4.3. The default (/var/run/postgresql) is not writable by pgpool's user.
     set("unix_socket_directories", &paths.run_dir.to_string_lossy());
-    set("pcp_listen_addresses", "localhost");
+    set("pcp_listen_addresses", PCP_HOST);
     set("pcp_port", &cfg.pcp_port.to_string());
     set("pcp_socket_dir", &paths.run_dir.to_string_lossy());
     set(
         "pid_file_name",
         &paths.run_dir.join("pgpool.pid").to_string_lossy(),
     );
+    // `work_dir` from 4.7.
     set("logdir", &paths.status_dir.to_string_lossy());
     set("log_destination", "stderr");
     set("logging_collector", "off");
@@ -238,6 +300,11 @@ pub fn pgpool_conf(cfg: &Config, paths: &Paths) -> Result<String, ConfError> {
     set("health_check_retry_delay", "1");
     set("connect_timeout", "2000");
     set("failover_on_backend_error", "on");
+    // A primary shut down cleanly (docker stop, pg_ctl stop: its sessions get 57P01) fails over
+    // at once instead of at the next failed health check. On by default up to 4.3.8, 4.4.5 and
+    // 4.5.0, where the failover timings were measured (4.3.5); off from 4.3.9, 4.4.6, 4.5.1 and
+    // in every 4.6 and 4.7.
+    set("failover_on_backend_shutdown", "on");
     set("search_primary_node_timeout", "10");
     set("auto_failback", "off");
     set("detach_false_primary", "off");
@@ -363,7 +430,7 @@ fn pcppass_escape(field: &str) -> String {
 
 fn pcppass_line(port: u16, user: &str, password: &str) -> String {
     format!(
-        "localhost:{port}:{}:{}\n",
+        "{PCP_HOST}:{port}:{}:{}\n",
         pcppass_escape(user),
         pcppass_escape(password)
     )
@@ -463,6 +530,11 @@ mod tests {
     use super::*;
     use crate::config::{load, EnvSource};
 
+    const V43: PgpoolVersion = PgpoolVersion::new(4, 3, 5);
+    const V44: PgpoolVersion = PgpoolVersion::new(4, 4, 17);
+    const V46: PgpoolVersion = PgpoolVersion::new(4, 6, 1);
+    const V47: PgpoolVersion = PgpoolVersion::new(4, 7, 3);
+
     fn base_env(extra: &[(&str, &str)]) -> Vec<(String, String)> {
         let mut env: Vec<(String, String)> = vec![
             ("PGPOOL_SIDECAR_NODES".into(), "pg-0,pg-1:5433,pg-2".into()),
@@ -489,7 +561,7 @@ mod tests {
     #[test]
     fn renders_backends_hooks_and_no_passwords() {
         let c = cfg(&[]);
-        let text = pgpool_conf(&c, &Paths::default()).unwrap();
+        let text = pgpool_conf(&c, &Paths::default(), V46).unwrap();
         assert!(text.contains("backend_clustering_mode = 'streaming_replication'\n"));
         assert!(text.contains("backend_hostname1 = 'pg-1'\n"));
         assert!(text.contains("backend_port1 = 5433\n"));
@@ -505,6 +577,162 @@ mod tests {
         assert!(!text.contains("s3cret"), "{text}");
     }
 
+    /// The settings of `text` as pgpool reads them, by name; fails on a name set twice.
+    fn settings(text: &str) -> BTreeMap<String, String> {
+        let read = pgpool_reads(text).unwrap_or_else(|e| panic!("{e} in\n{text}"));
+        let n = read.len();
+        let map: BTreeMap<String, String> = read.into_iter().collect();
+        assert_eq!(map.len(), n, "a setting is written twice:\n{text}");
+        map
+    }
+
+    /// Names a version does not read, or reads only with a warning (src/config/
+    /// pool_config_variables.c at V4_3_5, V4_4_17, V4_6_1, V4_7_STABLE).
+    fn not_read_cleanly(version: PgpoolVersion) -> &'static [&'static str] {
+        if version.at_least(4, 7) {
+            &[
+                "socket_dir",
+                "logdir",
+                "delegate_IP",
+                "fail_over_on_backend_error",
+            ]
+        } else if version.at_least(4, 4) {
+            &[
+                "socket_dir",
+                "work_dir",
+                "delegate_IP",
+                "fail_over_on_backend_error",
+            ]
+        } else {
+            &[
+                "unix_socket_directories",
+                "work_dir",
+                "delegate_ip",
+                "fail_over_on_backend_error",
+            ]
+        }
+    }
+
+    #[test]
+    fn renders_the_names_each_version_reads() {
+        // (version, the socket directory's name, the status directory's name)
+        let cases = [
+            (V43, "socket_dir", "logdir"),
+            (PgpoolVersion::new(4, 3, 0), "socket_dir", "logdir"),
+            (V44, "unix_socket_directories", "logdir"),
+            (V46, "unix_socket_directories", "logdir"),
+            (V47, "unix_socket_directories", "work_dir"),
+            (
+                PgpoolVersion::new(5, 0, 0),
+                "unix_socket_directories",
+                "work_dir",
+            ),
+        ];
+        let c = cfg(&[]);
+        for (version, socket_dir, status_dir) in cases {
+            let text = pgpool_conf(&c, &Paths::default(), version).unwrap();
+            let s = settings(&text);
+            let get = |k: &str| s.get(k).map(String::as_str);
+            assert_eq!(get(socket_dir), Some("/var/run/pgpool"), "{version}");
+            assert_eq!(get(status_dir), Some("/var/lib/pgpool"), "{version}");
+            assert_eq!(get("pcp_socket_dir"), Some("/var/run/pgpool"), "{version}");
+            for name in not_read_cleanly(version) {
+                assert_eq!(get(name), None, "{version} does not read {name}:\n{text}");
+            }
+            // 4.6 has no default for the check users any more; every version gets ours.
+            assert_eq!(get("sr_check_user"), Some("postgres"), "{version}");
+            assert_eq!(get("health_check_user"), Some("postgres"), "{version}");
+            assert_eq!(get("failover_on_backend_shutdown"), Some("on"), "{version}");
+            assert_eq!(get("failover_on_backend_error"), Some("on"), "{version}");
+            assert_eq!(get("pcp_listen_addresses"), Some(PCP_HOST), "{version}");
+            assert_eq!(
+                get("backend_clustering_mode"),
+                Some("streaming_replication"),
+                "{version}"
+            );
+        }
+    }
+
+    #[test]
+    fn renamed_settings_take_the_name_the_version_reads() {
+        let cases = [
+            ("socket_dir", V43, "socket_dir"),
+            ("socket_dir", V44, "unix_socket_directories"),
+            ("unix_socket_directories", V43, "socket_dir"),
+            ("unix_socket_directories", V47, "unix_socket_directories"),
+            ("logdir", V46, "logdir"),
+            ("logdir", V47, "work_dir"),
+            ("work_dir", V46, "logdir"),
+            ("work_dir", V47, "work_dir"),
+            ("delegate_ip", V43, "delegate_IP"),
+            ("delegate_IP", V43, "delegate_IP"),
+            ("delegate_ip", V46, "delegate_ip"),
+            ("delegate_IP", V46, "delegate_ip"),
+            (
+                "fail_over_on_backend_error",
+                V43,
+                "failover_on_backend_error",
+            ),
+            (
+                "failover_on_backend_error",
+                V47,
+                "failover_on_backend_error",
+            ),
+            ("pcp_socket_dir", V47, "pcp_socket_dir"),
+            ("num_init_children", V43, "num_init_children"),
+        ];
+        for (key, version, want) in cases {
+            assert_eq!(setting_name(key, version), want, "{key} for {version}");
+        }
+    }
+
+    #[test]
+    fn pass_through_of_a_renamed_setting_follows_the_version() {
+        let c = cfg(&[
+            ("PGPOOL_CONF_SOCKET_DIR", "/tmp/sockets"),
+            ("PGPOOL_CONF_DELEGATE_IP", ""),
+            ("PGPOOL_CONF_FAIL_OVER_ON_BACKEND_ERROR", "off"),
+        ]);
+        let cases = [
+            (V43, "socket_dir", "delegate_IP"),
+            (V46, "unix_socket_directories", "delegate_ip"),
+            (V47, "unix_socket_directories", "delegate_ip"),
+        ];
+        for (version, socket_dir, delegate_ip) in cases {
+            let text = pgpool_conf(&c, &Paths::default(), version).unwrap();
+            let s = settings(&text);
+            let get = |k: &str| s.get(k).map(String::as_str);
+            // The operator's value wins over ours, under the name this version reads.
+            assert_eq!(get(socket_dir), Some("/tmp/sockets"), "{version}");
+            assert_eq!(get(delegate_ip), Some(""), "{version}");
+            assert_eq!(get("failover_on_backend_error"), Some("off"), "{version}");
+            for name in not_read_cleanly(version) {
+                assert_eq!(get(name), None, "{version} does not read {name}:\n{text}");
+            }
+        }
+        let c = cfg(&[("PGPOOL_CONF_UNIX_SOCKET_DIRECTORIES", "/tmp/s")]);
+        let s = settings(&pgpool_conf(&c, &Paths::default(), V43).unwrap());
+        assert_eq!(s.get("socket_dir").map(String::as_str), Some("/tmp/s"));
+        assert!(!s.contains_key("unix_socket_directories"));
+    }
+
+    #[test]
+    fn both_names_of_the_status_directory_stay_reserved() {
+        for key in ["logdir", "work_dir"] {
+            assert!(reserved(key), "{key}");
+            let var = format!("PGPOOL_CONF_{}", key.to_uppercase());
+            let env = base_env(&[(var.as_str(), "/tmp")]);
+            let src: &dyn EnvSource = &env;
+            assert!(load(src).is_err(), "{key}");
+            for version in [V43, V44, V46, V47] {
+                let mut c = cfg(&[]);
+                c.pgpool_conf.insert(key.into(), "/tmp".into());
+                let err = pgpool_conf(&c, &Paths::default(), version).unwrap_err();
+                assert!(matches!(err, ConfError::Reserved { .. }), "{key} {version}");
+            }
+        }
+    }
+
     #[test]
     fn pass_through_overrides_and_quotes() {
         let c = cfg(&[
@@ -513,7 +741,7 @@ mod tests {
             ("PGPOOL_CONF_LOAD_BALANCE_MODE", "off"),
             ("PGPOOL_CONF_DELAY_THRESHOLD", "1e5"),
         ]);
-        let text = pgpool_conf(&c, &Paths::default()).unwrap();
+        let text = pgpool_conf(&c, &Paths::default(), V46).unwrap();
         assert!(text.contains("num_init_children = 64\n"));
         assert!(text.contains("log_line_prefix = '%m %p '\n"));
         assert!(text.contains("load_balance_mode = off\n"));
@@ -708,7 +936,7 @@ mod tests {
             "",
         ];
         let paths = Paths::default();
-        let expected_hook = pgpool_reads(&pgpool_conf(&cfg(&[]), &paths).unwrap()).unwrap();
+        let expected_hook = pgpool_reads(&pgpool_conf(&cfg(&[]), &paths, V46).unwrap()).unwrap();
         let hook = |r: &[(String, String)]| {
             r.iter()
                 .filter(|(k, _)| k.ends_with("_command"))
@@ -727,7 +955,7 @@ mod tests {
                     continue;
                 }
             };
-            let text = pgpool_conf(&c, &paths).unwrap();
+            let text = pgpool_conf(&c, &paths, V46).unwrap();
             let read = pgpool_reads(&text).unwrap_or_else(|e| panic!("{value:?}: {e} in\n{text}"));
             let prefixes: Vec<&str> = read
                 .iter()
@@ -754,7 +982,7 @@ mod tests {
         let mut c = cfg(&[]);
         c.pgpool_conf
             .insert("include".into(), "/tmp/other.conf".into());
-        let err = pgpool_conf(&c, &Paths::default()).unwrap_err();
+        let err = pgpool_conf(&c, &Paths::default(), V46).unwrap_err();
         assert!(err.to_string().contains("PGPOOL_CONF_INCLUDE"), "{err}");
     }
 
@@ -767,7 +995,7 @@ mod tests {
         for key in ["failover_command", "backend_hostname0", "sr_check_password"] {
             let mut c = cfg(&[]);
             c.pgpool_conf.insert(key.into(), "evil".into());
-            let err = pgpool_conf(&c, &Paths::default()).unwrap_err();
+            let err = pgpool_conf(&c, &Paths::default(), V46).unwrap_err();
             assert!(
                 err.to_string()
                     .contains(&format!("PGPOOL_CONF_{}", key.to_uppercase())),
@@ -781,21 +1009,21 @@ mod tests {
         let mut c = cfg(&[]);
         c.pgpool_conf
             .insert("log_line_prefix".into(), "a' b = 'c".into());
-        assert!(pgpool_conf(&c, &Paths::default()).is_err());
+        assert!(pgpool_conf(&c, &Paths::default(), V46).is_err());
         let mut c = cfg(&[]);
         c.superuser = "x'y".into();
-        assert!(pgpool_conf(&c, &Paths::default()).is_err());
+        assert!(pgpool_conf(&c, &Paths::default(), V46).is_err());
         let mut c = cfg(&[]);
         c.hook_socket = "/tmp/x;reboot".into();
-        assert!(pgpool_conf(&c, &Paths::default()).is_err());
+        assert!(pgpool_conf(&c, &Paths::default(), V46).is_err());
     }
 
     #[test]
     fn pcppass_escapes_colon_and_backslash() {
         let mut c = cfg(&[("PGPOOL_SIDECAR_PCP_PASSWORD", "p:w\\d")]);
-        assert_eq!(pcppass(&c), "localhost:9898:pcpadmin:p\\:w\\\\d\n");
+        assert_eq!(pcppass(&c), "127.0.0.1:9898:pcpadmin:p\\:w\\\\d\n");
         c.pcp_user = "pcp\\x".into();
-        assert_eq!(pcppass(&c), "localhost:9898:pcp\\\\x:p\\:w\\\\d\n");
+        assert_eq!(pcppass(&c), "127.0.0.1:9898:pcp\\\\x:p\\:w\\\\d\n");
     }
 
     #[test]
@@ -806,7 +1034,7 @@ mod tests {
         let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(pcp_conf(&c), format!("pcpadmin:{hex}\n"));
         assert!(!pcp_conf(&c).contains("s3cret"));
-        assert_eq!(pcppass(&c), "localhost:9898:pcpadmin:s3cret-pcp\n");
+        assert_eq!(pcppass(&c), "127.0.0.1:9898:pcpadmin:s3cret-pcp\n");
         assert_eq!(pool_passwd(&c), "postgres:TEXTs3cret-super\n");
         assert_eq!(status_file(&[true, false, true]), "up\ndown\nup\n");
     }

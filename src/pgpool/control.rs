@@ -2,7 +2,7 @@
 //!
 //! Reads: pgpool's node table, once per probe interval. Changes: attaches and detaches backends
 //! (`pcp_attach_node` / `pcp_detach_node`) on demand. A PCP call that pgpool refuses because a
-//! failover is in progress is retried with back-off until its deadline.
+//! failover is in progress, or that gets no answer, is retried with back-off until its deadline.
 
 use std::process::Command;
 use std::time::Duration;
@@ -10,16 +10,16 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::pgpool::conf::Paths;
+use crate::pgpool::conf::{Paths, PCP_HOST};
 use crate::postgres::{Endpoint, PgError, Session};
-use crate::reaper::Reaper;
+use crate::reaper::{Output, Reaper};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PgpoolError {
     #[error("pgpool did not answer SHOW POOL_NODES: {0}")]
     NotAnswering(#[from] PgError),
-    /// A row without a column pgpool 4.3 shows, or with garbage in it: another pgpool version,
-    /// or something else answering on its port.
+    /// A row without a column pgpool shows (the same 14 from 4.3 to 4.7), or with garbage in
+    /// it: another pgpool version, or something else answering on its port.
     #[error("pgpool answered SHOW POOL_NODES with a row lacking a usable {column}")]
     UnexpectedRow { column: &'static str },
     #[error("{command} for node {node} failed: {message}")]
@@ -32,7 +32,7 @@ pub enum PgpoolError {
 
 pub use crate::cluster::PoolStatus;
 
-/// One row of `SHOW POOL_NODES` (pgpool 4.3 columns).
+/// One row of `SHOW POOL_NODES` (its columns are the same in pgpool 4.3, 4.6 and 4.7).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PoolNode {
     pub node_id: usize,
@@ -67,8 +67,8 @@ impl PoolNode {
                 .ok_or(PgpoolError::UnexpectedRow { column: "status" })?,
             role: need("role")?.to_string(),
             pg_role: get("pg_role").unwrap_or("unknown").to_string(),
-            // Informational only, and its unit changed between pgpool versions: not worth
-            // failing the node table over.
+            // Informational only, and not always bytes: from 4.4, with `delay_threshold_by_time`
+            // set, pgpool shows seconds (`0.000000 second`). Not worth failing the table over.
             replication_delay: get("replication_delay")
                 .and_then(|s| s.parse().ok())
                 .unwrap_or(0),
@@ -76,6 +76,58 @@ impl PoolNode {
             load_balance_node: get("load_balance_node") == Some("true"),
         })
     }
+}
+
+/// The PCP tool's success line, `<program> -- Command Successful`, on stdout.
+const PCP_SUCCESS: &str = " -- Command Successful";
+
+/// What a PCP tool run came to.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PcpOutcome {
+    /// pgpool did it, or the node already is as asked.
+    Done,
+    /// pgpool is busy with another node operation: worth asking again.
+    Busy(String),
+    /// pgpool answered no; asking again would get the same answer.
+    Refused(String),
+    /// No answer from pgpool: the tool could not connect or log in, or died.
+    NoAnswer(String),
+}
+
+/// Classifies a run of `command` (pcp_attach_node, pcp_detach_node). The exit status alone does
+/// not say: the pcp_* tools (4.3 to 4.7 alike, src/tools/pcp/pcp_frontend_client.c) exit 1 when
+/// they cannot connect or log in, but exit 0 when pgpool refuses the command itself, printing
+/// `ERROR:  <message>` on stderr. Success is exit 0 with the success line.
+pub fn pcp_outcome(command: &str, out: &Output) -> PcpOutcome {
+    let succeeded = out
+        .stdout
+        .lines()
+        .any(|l| l.trim_end().ends_with(PCP_SUCCESS));
+    let message = format!("{} {}", out.stdout.trim(), out.stderr.trim())
+        .trim()
+        .to_string();
+    if out.code != 0 {
+        return PcpOutcome::NoAnswer(if message.is_empty() {
+            format!("exited with status {}", out.code)
+        } else {
+            message
+        });
+    }
+    if succeeded {
+        return PcpOutcome::Done;
+    }
+    if message.is_empty() {
+        return PcpOutcome::Refused("exited 0 without reporting success".into());
+    }
+    // pgpool_internal_comms.c: a detach of a node pgpool has down or unused already.
+    if command == "pcp_detach_node" && message.contains("is not valid for failover") {
+        return PcpOutcome::Done;
+    }
+    // pcp_worker.c: "failover is in progress", "failback is in progress", ….
+    if message.contains("is in progress") {
+        return PcpOutcome::Busy(message);
+    }
+    PcpOutcome::Refused(message)
 }
 
 /// pgpool's SQL port and PCP tools, as seen from inside the sidecar's container.
@@ -116,7 +168,8 @@ impl Pgpool {
             .collect()
     }
 
-    /// Runs a PCP command for a node; retried with back-off while pgpool refuses.
+    /// Runs a PCP command for a node; retried with back-off while pgpool is busy or does not
+    /// answer, until `deadline`. A refusal ends it at once.
     async fn pcp(
         &self,
         command: &'static str,
@@ -129,14 +182,21 @@ impl Pgpool {
         loop {
             let mut cmd = Command::new(command);
             cmd.env("PCPPASSFILE", &self.pcppass)
-                .args(["-h", "localhost", "-p", &self.pcp_port.to_string()])
+                .args(["-h", PCP_HOST, "-p", &self.pcp_port.to_string()])
                 .args(["-U", &self.pcp_user, "-w", "-n", &node.to_string()])
                 .args(extra);
             let message = match self.reaper.output(&mut cmd, Duration::from_secs(10)).await {
-                Ok(out) if out.code == 0 => return Ok(()),
-                Ok(out) => format!("{} {}", out.stdout.trim(), out.stderr.trim())
-                    .trim()
-                    .to_string(),
+                Ok(out) => match pcp_outcome(command, &out) {
+                    PcpOutcome::Done => return Ok(()),
+                    PcpOutcome::Refused(message) => {
+                        return Err(PgpoolError::Pcp {
+                            command,
+                            node,
+                            message,
+                        })
+                    }
+                    PcpOutcome::Busy(message) | PcpOutcome::NoAnswer(message) => message,
+                },
                 Err(e) => e.to_string(),
             };
             if started.elapsed() + delay > deadline {
@@ -170,6 +230,71 @@ mod tests {
 
     fn row(pairs: &[(&'static str, &'static str)]) -> HashMap<&'static str, &'static str> {
         pairs.iter().copied().collect()
+    }
+
+    #[test]
+    fn pcp_success_needs_the_success_line_not_only_exit_0() {
+        use PcpOutcome::*;
+        let out = |code: i32, stdout: &str, stderr: &str| Output {
+            code,
+            stdout: stdout.into(),
+            stderr: stderr.into(),
+        };
+        let not_valid = "ERROR:  invalid degenerate backend request, node id : 1 status: [3] is \
+                         not valid for failover\n";
+        let in_progress = "ERROR:  failed to process PCP request at the moment\nDETAIL:  \
+                           failover is in progress\n";
+        let cases = [
+            (
+                "pcp_attach_node",
+                out(0, "pcp_attach_node -- Command Successful\n", ""),
+                Done,
+            ),
+            (
+                "pcp_detach_node",
+                out(0, "pcp_detach_node -- Command Successful\n", ""),
+                Done,
+            ),
+            // pgpool refused: exit 0 all the same. Detaching a node pgpool has down is done.
+            ("pcp_detach_node", out(0, "", not_valid), Done),
+            (
+                "pcp_attach_node",
+                out(0, "", not_valid),
+                Refused(not_valid.trim().into()),
+            ),
+            (
+                "pcp_detach_node",
+                out(0, "", "ERROR:  invalid degenerate backend request, node id: 9 is out of range\n"),
+                Refused("ERROR:  invalid degenerate backend request, node id: 9 is out of range".into()),
+            ),
+            (
+                "pcp_attach_node",
+                out(0, "", in_progress),
+                Busy(in_progress.trim().into()),
+            ),
+            (
+                "pcp_attach_node",
+                out(0, "", ""),
+                Refused("exited 0 without reporting success".into()),
+            ),
+            // Could not connect or log in.
+            (
+                "pcp_attach_node",
+                out(1, "", "ERROR: connection to host \"127.0.0.1\" failed with error \"Connection refused\"\n"),
+                NoAnswer("ERROR: connection to host \"127.0.0.1\" failed with error \"Connection refused\"".into()),
+            ),
+            ("pcp_detach_node", out(1, "", ""), NoAnswer("exited with status 1".into())),
+            // A success line from a run that still failed is not a success.
+            (
+                "pcp_attach_node",
+                out(1, "pcp_attach_node -- Command Successful\n", ""),
+                NoAnswer("pcp_attach_node -- Command Successful".into()),
+            ),
+            ("pcp_attach_node", out(137, "", ""), NoAnswer("exited with status 137".into())),
+        ];
+        for (command, output, want) in cases {
+            assert_eq!(pcp_outcome(command, &output), want, "{command} {output:?}");
+        }
     }
 
     #[test]

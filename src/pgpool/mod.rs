@@ -2,3 +2,4 @@
 pub mod conf;
 pub mod control;
 pub mod supervisor;
+pub mod version;

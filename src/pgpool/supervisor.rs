@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::pgpool::conf::{self, ConfError, Owner, Paths};
+use crate::pgpool::version::PgpoolVersion;
 use crate::reaper::Reaper;
 
 /// The user pgpool runs as. The sidecar holds the Docker socket, which is root on the host:
@@ -36,14 +37,15 @@ pub fn pgpool_owner() -> Result<Option<Owner>, String> {
     }
 }
 
-/// Writes every file pgpool reads. Secrets go to 0600 files only; what pgpool reads belongs to
-/// its user, the PCP pass file (the sidecar's own PCP client) to root.
-pub fn write_config(cfg: &Config, paths: &Paths) -> Result<(), ConfError> {
+/// Writes every file pgpool reads, pgpool.conf in the names `version` reads. Secrets go to 0600
+/// files only; what pgpool reads belongs to its user, the PCP pass file (the sidecar's own PCP
+/// client) to root.
+pub fn write_config(cfg: &Config, paths: &Paths, version: PgpoolVersion) -> Result<(), ConfError> {
     let owner = paths.owner;
     // pgpool.conf may carry pass-through secrets (recovery_password, wd_authkey, …).
     conf::write_file(
         &paths.pgpool_conf(),
-        &conf::pgpool_conf(cfg, paths)?,
+        &conf::pgpool_conf(cfg, paths, version)?,
         0o600,
         owner,
     )?;
