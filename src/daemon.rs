@@ -202,6 +202,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
             .map(|i| tokio::sync::Mutex::new(Session::new(node_endpoint(&cfg, i))))
             .collect(),
         failover_lock: tokio::sync::Mutex::new(()),
+        adoption: tokio::sync::Mutex::new(Default::default()),
         wake: tokio::sync::Notify::new(),
         cancel: CancellationToken::new(),
         tracker: TaskTracker::new(),

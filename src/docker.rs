@@ -2,7 +2,8 @@
 //!
 //! Reads: container state and specs of the cluster's node containers, the Docker event stream.
 //! Changes: kills, stops, starts node containers, sets their restart policy, disconnects them from
-//! networks, and runs one-off job containers on a node's volumes. Called on demand by the
+//! networks, runs one-off job containers on a node's volumes, and runs commands in a running node
+//! container (`exec`, to append to the primary's pg_hba.conf). Called on demand by the
 //! reconcile loop, failover and recovery; every call has a timeout.
 //!
 //! Scope is enforced here, at the only door to Docker: a container is touched only when it carries
@@ -11,6 +12,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use bollard::exec::{CreateExecOptions, StartExecResults};
 use bollard::models::{
     ContainerCreateBody, ContainerStateStatusEnum, ContainerUpdateBody, EndpointSettings,
     HostConfig, NetworkingConfig, RestartPolicy, RestartPolicyNameEnum,
@@ -22,6 +24,7 @@ use bollard::query_parameters::{
 };
 use bollard::Docker;
 use futures_util::{Stream, StreamExt};
+use ipnet::IpNet;
 use serde::Serialize;
 
 /// Compose's label naming the project a container belongs to.
@@ -73,6 +76,16 @@ pub enum DockerError {
     JobTimedOut { name: String, seconds: u64 },
     #[error("job {job} still runs on node {node}; refusing a second job on the same volume")]
     JobRunning { node: String, job: String },
+    #[error("container {0} is not running; nothing can be run in it")]
+    NotRunning(String),
+    #[error("command in container {container} failed with exit code {code}: {output}")]
+    ExecFailed {
+        container: String,
+        code: i64,
+        output: String,
+    },
+    #[error("command in container {container} did not finish within {seconds} s")]
+    ExecTimedOut { container: String, seconds: u64 },
 }
 
 impl DockerError {
@@ -86,6 +99,9 @@ impl DockerError {
             DockerError::JobFailed { .. }
             | DockerError::JobTimedOut { .. }
             | DockerError::JobRunning { .. } => "job",
+            DockerError::NotRunning(_)
+            | DockerError::ExecFailed { .. }
+            | DockerError::ExecTimedOut { .. } => "exec",
         }
     }
 }
@@ -124,6 +140,10 @@ pub struct ContainerInfo {
     /// The network and its aliases, when the container is on one.
     #[serde(skip)]
     pub network_aliases: Option<(String, Vec<String>)>,
+    /// The subnets of the networks it is on (its address with the network's prefix length),
+    /// IPv4 and IPv6: where its peers' connections come from.
+    #[serde(skip)]
+    pub subnets: Vec<IpNet>,
     /// The whole inspect answer: the spec to recreate the container from if it disappears.
     #[serde(skip)]
     pub raw: Box<bollard::models::ContainerInspectResponse>,
@@ -165,6 +185,38 @@ pub struct DockerRuntime {
     docker: Docker,
     scope: Scope,
 }
+
+/// The network an endpoint's address lies in: `172.18.0.3` with prefix 16 → `172.18.0.0/16`.
+/// None for no address (host networking, a stopped container) or a prefix that does not fit.
+pub fn network_of(ip: Option<&str>, prefix_len: Option<i64>) -> Option<IpNet> {
+    let ip: std::net::IpAddr = ip.filter(|s| !s.is_empty())?.parse().ok()?;
+    let prefix = u8::try_from(prefix_len?).ok()?;
+    IpNet::new(ip, prefix).ok().map(|n| n.trunc())
+}
+
+/// The subnets of every network of the container, sorted, without repeats.
+fn subnets_of(c: &bollard::models::ContainerInspectResponse) -> Vec<IpNet> {
+    let mut nets: Vec<IpNet> = c
+        .network_settings
+        .as_ref()
+        .and_then(|n| n.networks.as_ref())
+        .into_iter()
+        .flat_map(|nets| nets.values())
+        .flat_map(|ep| {
+            [
+                network_of(ep.ip_address.as_deref(), ep.ip_prefix_len),
+                network_of(ep.global_ipv6_address.as_deref(), ep.global_ipv6_prefix_len),
+            ]
+        })
+        .flatten()
+        .collect();
+    nets.sort();
+    nets.dedup();
+    nets
+}
+
+/// Most output an exec keeps (pg_hba.conf edits print a line or two).
+const EXEC_OUTPUT_MAX: usize = 64 * 1024;
 
 /// Mounts as bind strings: named and anonymous volumes by name, binds by host path.
 fn binds_of(c: &bollard::models::ContainerInspectResponse) -> Vec<String> {
@@ -341,6 +393,7 @@ impl DockerRuntime {
             .unwrap_or("/var/lib/postgresql/data")
             .to_string();
         let binds = binds_of(&c);
+        let subnets = subnets_of(&c);
         let network = c
             .network_settings
             .clone()
@@ -381,6 +434,7 @@ impl DockerRuntime {
                         .collect();
                     (net.clone(), aliases)
                 }),
+            subnets,
             raw: Box::new(c),
         })
     }
@@ -747,6 +801,99 @@ impl DockerRuntime {
         }
     }
 
+    /// Runs `cmd` (no shell unless it names one) as `user` in the running container `c`, and
+    /// returns its output (stdout and stderr together). The container is inspected first, so
+    /// scope and state are those of now. `limit` bounds the whole call: a command that leaves a
+    /// child holding its output never ends the stream, so the caller also wraps the command in
+    /// `timeout` inside the container; on expiry the command may still run there.
+    pub async fn exec(
+        &self,
+        c: &ContainerInfo,
+        user: &str,
+        cmd: Vec<String>,
+        limit: Duration,
+    ) -> Result<String, DockerError> {
+        let now = self.inspect(&c.id).await?;
+        if !now.status.is_up() {
+            return Err(DockerError::NotRunning(c.name.clone()));
+        }
+        let timed_out = || DockerError::ExecTimedOut {
+            container: c.name.clone(),
+            seconds: limit.as_secs(),
+        };
+        let deadline = tokio::time::Instant::now() + limit;
+        let opts = CreateExecOptions {
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            cmd: Some(cmd),
+            user: Some(user.to_string()),
+            ..Default::default()
+        };
+        let created = timed_for(
+            "exec",
+            &c.name,
+            API_TIMEOUT,
+            self.docker.create_exec(&c.id, opts),
+        )
+        .await?;
+        let started = timed_for(
+            "exec",
+            &c.name,
+            API_TIMEOUT,
+            self.docker.start_exec(&created.id, None),
+        )
+        .await?;
+        let mut out = String::new();
+        if let StartExecResults::Attached { mut output, .. } = started {
+            let collect = async {
+                while let Some(frame) = output.next().await {
+                    let frame = frame?;
+                    if out.len() < EXEC_OUTPUT_MAX {
+                        out.push_str(&String::from_utf8_lossy(&frame.into_bytes()));
+                    }
+                }
+                Ok::<(), bollard::errors::Error>(())
+            };
+            match tokio::time::timeout_at(deadline, collect).await {
+                Err(_) => return Err(timed_out()),
+                Ok(Err(e)) => {
+                    return Err(DockerError::Call {
+                        operation: "exec",
+                        container: c.name.clone(),
+                        status: status_of(&e),
+                        message: e.to_string(),
+                    })
+                }
+                Ok(Ok(())) => {}
+            }
+        }
+        // The stream ends when the command's output closes; its exit code comes a moment later.
+        let code = loop {
+            let inspect = timed_for(
+                "exec_inspect",
+                &c.name,
+                API_TIMEOUT,
+                self.docker.inspect_exec(&created.id),
+            )
+            .await?;
+            if inspect.running == Some(false) {
+                break inspect.exit_code.unwrap_or(-1);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(timed_out());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        if code != 0 {
+            return Err(DockerError::ExecFailed {
+                container: c.name.clone(),
+                code,
+                output: out.trim().to_string(),
+            });
+        }
+        Ok(out)
+    }
+
     /// This cluster's job containers (of one node, or all), running or not.
     pub async fn jobs(&self, node: Option<&str>) -> Result<Vec<JobContainer>, DockerError> {
         let mut labels = vec![format!("{JOB_CLUSTER_LABEL}={}", self.scope.project)];
@@ -903,6 +1050,44 @@ mod tests {
         });
         assert!(!other.has_status(304) && !other.has_status(409));
         assert!(!DockerError::TimedOut { operation: "kill" }.has_status(409));
+    }
+
+    #[test]
+    fn an_endpoints_address_and_prefix_give_its_network() {
+        let n = |ip: &str, p: i64| network_of(Some(ip), Some(p)).map(|n| n.to_string());
+        assert_eq!(n("172.18.0.3", 16).as_deref(), Some("172.18.0.0/16"));
+        assert_eq!(n("10.1.2.3", 24).as_deref(), Some("10.1.2.0/24"));
+        assert_eq!(n("fd00:1::5", 64).as_deref(), Some("fd00:1::/64"));
+        // Host networking or a stopped container: no address.
+        assert_eq!(n("", 0), None);
+        assert_eq!(network_of(None, Some(16)), None);
+        assert_eq!(network_of(Some("172.18.0.3"), None), None);
+        assert_eq!(n("172.18.0.3", 33), None);
+        assert_eq!(n("172.18.0.3", -1), None);
+        assert_eq!(n("not-an-ip", 16), None);
+    }
+
+    #[test]
+    fn subnets_come_from_every_network_once() {
+        let ep = |ip: &str, p: i64| bollard::models::EndpointSettings {
+            ip_address: Some(ip.into()),
+            ip_prefix_len: Some(p),
+            ..Default::default()
+        };
+        let c = bollard::models::ContainerInspectResponse {
+            network_settings: Some(bollard::models::NetworkSettings {
+                networks: Some(HashMap::from([
+                    ("b_default".to_string(), ep("172.19.0.4", 16)),
+                    ("a_backend".to_string(), ep("172.18.0.3", 16)),
+                    ("c_same".to_string(), ep("172.18.0.9", 16)),
+                    ("host".to_string(), ep("", 0)),
+                ])),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let got: Vec<String> = subnets_of(&c).iter().map(|n| n.to_string()).collect();
+        assert_eq!(got, ["172.18.0.0/16", "172.19.0.0/16"]);
     }
 
     #[test]

@@ -357,6 +357,7 @@ pub fn status(ctx: &Ctx) -> serde_json::Value {
             "nodes": nodes,
             "last_failover": s.last_failover,
             "last_refusal": s.last_refusal,
+            "adoption": s.adoption,
             "config": ctx.cfg.redacted(),
         })
     })

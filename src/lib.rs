@@ -3,9 +3,11 @@
 //!
 //! The flow, one module per step: observe ([`reconcile`], [`docker`], [`postgres`],
 //! [`pgpool::control`]) → decide ([`cluster`], pure) → act ([`failover`], [`recovery`],
-//! [`pgpool::supervisor`]) → record ([`metrics`], [`http`]). [`daemon`] wires them together.
+//! [`adopt`], [`pgpool::supervisor`]) → record ([`metrics`], [`http`]). [`daemon`] wires them
+//! together.
 #![forbid(unsafe_code)]
 
+pub mod adopt;
 pub mod client;
 pub mod cluster;
 pub mod config;

@@ -79,8 +79,16 @@ enum HookCall {
 }
 
 fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // tokio-postgres logs every query's text at debug level, and some hold a secret (the
+    // standby's password file line, the replication role's verifier): never, whatever
+    // RUST_LOG asks (a directive for the same target replaces the user's).
+    for target in ["tokio_postgres::simple_query", "tokio_postgres::query"] {
+        if let Ok(off) = format!("{target}=off").parse() {
+            filter = filter.add_directive(off);
+        }
+    }
     // Colours only for a person at a terminal: `docker logs` and log shippers get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()

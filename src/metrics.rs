@@ -46,7 +46,11 @@ pub struct Metrics {
     pub slot_retained_bytes: IntGaugeVec,
     pub slot_wal_status: IntGaugeVec,
     pub slot_actions: IntCounterVec,
+    pub adoption_changes: IntCounterVec,
 }
+
+/// What the sidecar may change on a plain primary it adopts (the `change` label).
+pub const ADOPTION_CHANGES: [&str; 3] = ["replication_role", "hba_rule", "wal_log_hints"];
 
 /// `pg_replication_slots.wal_status` values, plus `missing` for a standby without a slot.
 pub const SLOT_STATUSES: [&str; 5] = ["reserved", "extended", "unreserved", "lost", "missing"];
@@ -305,6 +309,16 @@ impl Metrics {
                     &["action", "result"]
                 )
             ),
+            adoption_changes: reg!(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        name("adoption_changes_total"),
+                        "Changes made to a plain primary so standbys can stream and be rewound: the replication role, a pg_hba.conf rule, wal_log_hints."
+                    ),
+                    &["change"]
+                )
+            ),
             registry: r,
         };
         #[cfg(target_os = "linux")]
@@ -345,6 +359,9 @@ impl Metrics {
                     .with_label_values(&[n, st])
                     .set((st == "missing") as i64);
             }
+        }
+        for change in ADOPTION_CHANGES {
+            m.adoption_changes.with_label_values(&[change]);
         }
         for action in ["create", "drop"] {
             for result in ["success", "failure"] {
@@ -395,6 +412,7 @@ mod tests {
         assert!(text
             .contains("pgpool_sidecar_pgpool_backend_status{node=\"0\",status=\"quarantine\"} 0"));
         assert!(text.contains("# TYPE pgpool_sidecar_failover_duration_seconds histogram"));
+        assert!(text.contains("pgpool_sidecar_adoption_changes_total{change=\"hba_rule\"} 0"));
         assert!(text.contains("process_resident_memory_bytes"));
     }
 }

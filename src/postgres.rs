@@ -2,9 +2,10 @@
 //!
 //! Reads: role, timeline, LSNs, system identifier, user databases, replication state of each node.
 //! Changes: promotes a standby, re-points a standby's `primary_conninfo`, sets
-//! `synchronous_standby_names` on the primary. Probes run once per probe interval for every node;
-//! actions run on demand. Every call has a timeout; a connection that timed out is dropped, so a
-//! hung server never blocks the next probe.
+//! `synchronous_standby_names` on the primary; adopting a plain primary, creates or alters the
+//! replication role, grants it pg_rewind's functions, reloads, sets `wal_log_hints`. Probes run
+//! once per probe interval for every node; actions run on demand. Every call has a timeout; a
+//! connection that timed out is dropped, so a hung server never blocks the next probe.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -67,6 +68,7 @@ impl Endpoint {
     }
 }
 
+pub use crate::cluster::adopt::{HbaRule, RoleFacts, ServerFacts};
 pub use crate::cluster::PgState;
 
 /// One row of the primary's `pg_stat_replication`.
@@ -95,6 +97,8 @@ pub struct Slot {
 pub struct Session {
     endpoint: Endpoint,
     client: Option<Client>,
+    /// The cached connection runs with [`QUIET`]: a statement holding a secret may go on it.
+    quiet: bool,
 }
 
 /// Parses `X/Y` (hex) as PostgreSQL prints an LSN.
@@ -195,6 +199,52 @@ pub const REPLICATION_COLUMNS: [&str; 5] = [
 /// The columns of the `pg_replication_slots` query, by name.
 pub const SLOT_COLUMNS: [&str; 4] = ["slot_name", "active", "wal_status", "retained_bytes"];
 
+/// The columns of the adoption's server query, by name.
+pub const SERVER_FACT_COLUMNS: [&str; 8] = [
+    "in_recovery",
+    "system_identifier",
+    "hba_file",
+    "data_directory",
+    "ssl",
+    "wal_log_hints",
+    "data_checksums",
+    "wal_log_hints_pending",
+];
+
+/// The columns of the replication role query, by name.
+pub const ROLE_COLUMNS: [&str; 5] = [
+    "can_login",
+    "replication",
+    "superuser",
+    "scram_password",
+    "missing_grants",
+];
+
+/// The columns of the `pg_hba_file_rules` query, by name.
+pub const HBA_COLUMNS: [&str; 8] = [
+    "line_number",
+    "type",
+    "database",
+    "user_name",
+    "address",
+    "netmask",
+    "auth_method",
+    "error",
+];
+
+/// Session settings that keep the server from logging the text of the statements that follow
+/// (on error, when slow, when sampled): used before a statement that holds a secret. PostgreSQL
+/// logs `log_statement = ddl` statements before running them, so these go first, in a query of
+/// their own: one string, so that all of them are in force on the one connection it ran on.
+const QUIET: &str = "SET log_min_error_statement = panic; SET log_statement = 'none'; \
+    SET log_min_duration_statement = -1; SET log_min_duration_sample = -1; \
+    SET log_transaction_sample_rate = 0";
+
+/// Undoes [`QUIET`] for the rest of a session.
+const UNQUIET: &str = "RESET log_min_error_statement; RESET log_statement; \
+    RESET log_min_duration_statement; RESET log_min_duration_sample; \
+    RESET log_transaction_sample_rate";
+
 /// The first of `expected` that the row does not have.
 pub fn first_missing(
     expected: &[&'static str],
@@ -260,6 +310,23 @@ impl<'r, G: Fn(&str) -> Option<&'r str>> Fields<'_, G> {
         self.nullable(column)
             .map(|v| v.parse().map_err(|_| self.bad(column)))
             .transpose()
+    }
+
+    /// A boolean setting as `current_setting` prints it.
+    fn on_off(&self, column: &'static str) -> Result<bool, PgError> {
+        match self.text(column)? {
+            "on" => Ok(true),
+            "off" => Ok(false),
+            _ => Err(self.bad(column)),
+        }
+    }
+
+    /// A text array sent as JSON (`array_to_json(…)::text`); NULL is empty.
+    fn json_list(&self, column: &'static str) -> Result<Vec<String>, PgError> {
+        self.nullable(column)
+            .map(|v| serde_json::from_str::<Vec<String>>(v).map_err(|_| self.bad(column)))
+            .transpose()
+            .map(Option::unwrap_or_default)
     }
 
     fn lsn(&self, column: &'static str) -> Result<Option<u64>, PgError> {
@@ -344,6 +411,72 @@ pub fn parse_slot<'r>(node: &str, get: impl Fn(&str) -> Option<&'r str>) -> Resu
     })
 }
 
+/// The adoption's server row (see [`SERVER_FACT_COLUMNS`]).
+pub fn parse_server_facts<'r>(
+    node: &str,
+    get: impl Fn(&str) -> Option<&'r str>,
+) -> Result<ServerFacts, PgError> {
+    let f = Fields {
+        node,
+        query: "server facts",
+        get,
+    };
+    Ok(ServerFacts {
+        in_recovery: f.flag("in_recovery")?,
+        system_identifier: f
+            .parsed("system_identifier")?
+            .ok_or_else(|| f.bad("system_identifier"))?,
+        hba_file: f.text("hba_file")?.to_string(),
+        data_directory: f.text("data_directory")?.to_string(),
+        ssl: f.on_off("ssl")?,
+        wal_log_hints: f.on_off("wal_log_hints")?,
+        data_checksums: f.on_off("data_checksums")?,
+        wal_log_hints_pending: f.flag("wal_log_hints_pending")?,
+    })
+}
+
+/// The replication role's row (see [`ROLE_COLUMNS`]).
+pub fn parse_role<'r>(
+    node: &str,
+    get: impl Fn(&str) -> Option<&'r str>,
+) -> Result<RoleFacts, PgError> {
+    let f = Fields {
+        node,
+        query: "replication role",
+        get,
+    };
+    Ok(RoleFacts {
+        can_login: f.flag("can_login")?,
+        replication: f.flag("replication")?,
+        superuser: f.flag("superuser")?,
+        scram_password: f.flag("scram_password")?,
+        missing_grants: f.json_list("missing_grants")?,
+    })
+}
+
+/// One row of `pg_hba_file_rules` (see [`HBA_COLUMNS`]); an error row has NULLs but its line
+/// and error.
+pub fn parse_hba_rule<'r>(
+    node: &str,
+    get: impl Fn(&str) -> Option<&'r str>,
+) -> Result<HbaRule, PgError> {
+    let f = Fields {
+        node,
+        query: "pg_hba_file_rules",
+        get,
+    };
+    Ok(HbaRule {
+        line: f.parsed("line_number")?,
+        kind: f.nullable("type").map(str::to_string),
+        databases: f.json_list("database")?,
+        users: f.json_list("user_name")?,
+        address: f.nullable("address").map(str::to_string),
+        netmask: f.nullable("netmask").map(str::to_string),
+        method: f.nullable("auth_method").map(str::to_string),
+        error: f.nullable("error").map(str::to_string),
+    })
+}
+
 fn rows(msgs: Vec<SimpleQueryMessage>) -> Vec<tokio_postgres::SimpleQueryRow> {
     msgs.into_iter()
         .filter_map(|m| match m {
@@ -358,6 +491,7 @@ impl Session {
         Session {
             endpoint,
             client: None,
+            quiet: false,
         }
     }
 
@@ -374,6 +508,8 @@ impl Session {
         if let Some(client) = self.client.take().filter(|c| !c.is_closed()) {
             return Ok(self.client.insert(client));
         }
+        // A new connection has the server's log settings, whatever the old one had.
+        self.quiet = false;
         let cfg = self.endpoint.config(timeout);
         let node = self.endpoint.name.clone();
         let (client, conn) = match tokio::time::timeout(timeout, cfg.connect(NoTls)).await {
@@ -422,9 +558,45 @@ impl Session {
         sql: &str,
         timeout: Duration,
     ) -> Result<Vec<tokio_postgres::SimpleQueryRow>, PgError> {
+        self.run(sql, timeout, true).await
+    }
+
+    /// Runs a statement that holds a secret on the connection [`Session::quiet`] just made
+    /// quiet: never on a new connection, which would not have those settings, and never retried.
+    async fn query_quietly(
+        &mut self,
+        sql: &str,
+        timeout: Duration,
+    ) -> Result<Vec<tokio_postgres::SimpleQueryRow>, PgError> {
+        self.run(sql, timeout, false).await
+    }
+
+    async fn run(
+        &mut self,
+        sql: &str,
+        timeout: Duration,
+        may_connect: bool,
+    ) -> Result<Vec<tokio_postgres::SimpleQueryRow>, PgError> {
         let node = self.endpoint.name.clone();
         let started = tokio::time::Instant::now();
-        let client = self.client(timeout).await?;
+        let client = if may_connect {
+            self.client(timeout).await?
+        } else {
+            match self
+                .client
+                .as_ref()
+                .filter(|c| self.quiet && !c.is_closed())
+            {
+                Some(c) => c,
+                None => {
+                    return Err(PgError::Connection {
+                        node,
+                        message: "the connection closed before a statement that must not be logged"
+                            .into(),
+                    })
+                }
+            }
+        };
         let left = timeout
             .saturating_sub(started.elapsed())
             .max(Duration::from_millis(50));
@@ -536,13 +708,7 @@ impl Session {
     ) -> Result<(), PgError> {
         // The password file's statement holds the replication password: no log of this session
         // may show a statement, failing or slow.
-        for quiet in [
-            "SET log_min_error_statement = panic",
-            "SET log_statement = 'none'",
-            "SET log_min_duration_statement = -1",
-        ] {
-            self.query(quiet, timeout).await?;
-        }
+        self.quiet(timeout).await?;
         let pgdata = self.show("data_directory", timeout).await?;
         let path = format!("{}/{PASSFILE}", pgdata.trim_end_matches('/'));
         // CSV with delimiter and quote characters no line holds: the line is written as it is
@@ -551,7 +717,7 @@ impl Session {
         if passfile_line.contains(['\x01', '\x02', '\n', '\r']) {
             return Err(self.unexpected("the replication password cannot go into a password file"));
         }
-        self.query(
+        self.query_quietly(
             &format!(
                 "COPY (SELECT {}) TO {} WITH (FORMAT csv, DELIMITER E'\\x01', QUOTE E'\\x02')",
                 sql_literal(passfile_line),
@@ -659,6 +825,160 @@ impl Session {
             sql_literal(name)
         );
         Ok(!self.query(&sql, timeout).await?.is_empty())
+    }
+
+    /// Stops the server from logging this session's statements (see [`QUIET`]).
+    async fn quiet(&mut self, timeout: Duration) -> Result<(), PgError> {
+        self.query(QUIET, timeout).await?;
+        self.quiet = self.client.is_some();
+        Ok(())
+    }
+
+    pub async fn reload(&mut self, timeout: Duration) -> Result<(), PgError> {
+        self.query("SELECT pg_reload_conf()", timeout).await?;
+        Ok(())
+    }
+
+    /// What the adoption needs to know of the server, in one round trip.
+    pub async fn server_facts(&mut self, timeout: Duration) -> Result<ServerFacts, PgError> {
+        const SQL: &str = "SELECT pg_is_in_recovery() AS in_recovery, \
+              (SELECT system_identifier FROM pg_control_system())::text AS system_identifier, \
+              current_setting('hba_file') AS hba_file, \
+              current_setting('data_directory') AS data_directory, \
+              current_setting('ssl') AS ssl, \
+              current_setting('wal_log_hints') AS wal_log_hints, \
+              current_setting('data_checksums') AS data_checksums, \
+              (SELECT pending_restart FROM pg_settings WHERE name = 'wal_log_hints') \
+                AS wal_log_hints_pending";
+        let rows = self.query(SQL, timeout).await?;
+        let row = rows
+            .first()
+            .ok_or_else(|| self.unexpected("server facts returned no row"))?;
+        let node = self.name();
+        let facts = parse_server_facts(
+            node,
+            columns(node, "server facts", row, &SERVER_FACT_COLUMNS)?,
+        );
+        facts
+    }
+
+    /// The role `user` (None: there is none), with which of `functions` it may not execute.
+    pub async fn role(
+        &mut self,
+        user: &str,
+        functions: &[&str],
+        timeout: Duration,
+    ) -> Result<Option<RoleFacts>, PgError> {
+        let list: Vec<String> = functions.iter().map(|f| sql_literal(f)).collect();
+        // Only whether the password is a SCRAM verifier leaves the server, never the verifier.
+        let sql = format!(
+            "SELECT r.rolcanlogin AS can_login, r.rolreplication AS replication, \
+               r.rolsuper AS superuser, \
+               coalesce(starts_with(a.rolpassword, 'SCRAM-SHA-256$'), false) AS scram_password, \
+               array_to_json(ARRAY(SELECT f FROM unnest(ARRAY[{}]::text[]) AS f \
+                 WHERE NOT has_function_privilege(r.oid, f, 'EXECUTE')))::text AS missing_grants \
+             FROM pg_roles r JOIN pg_authid a ON a.oid = r.oid WHERE r.rolname = {}",
+            list.join(", "),
+            sql_literal(user)
+        );
+        let rows = self.query(&sql, timeout).await?;
+        let node = self.name();
+        rows.first()
+            .map(|r| parse_role(node, columns(node, "replication role", r, &ROLE_COLUMNS)?))
+            .transpose()
+    }
+
+    /// Creates `user` as a replication role whose password is `verifier`, a SCRAM-SHA-256
+    /// verifier computed by the caller: the clear password never travels or lands in a log.
+    /// The statement is not logged either (see [`QUIET`]). True when this call created it.
+    pub async fn create_replication_role(
+        &mut self,
+        user: &str,
+        verifier: &Secret,
+        timeout: Duration,
+    ) -> Result<bool, PgError> {
+        if !verifier.expose().starts_with("SCRAM-SHA-256$") {
+            return Err(self.unexpected("refusing a password that is not a SCRAM verifier"));
+        }
+        self.quiet(timeout).await?;
+        let sql = format!(
+            "CREATE ROLE {} WITH REPLICATION LOGIN PASSWORD {}",
+            sql_ident(user),
+            sql_literal(verifier.expose())
+        );
+        let created = match self.query_quietly(&sql, timeout).await {
+            // Created meanwhile by someone else: it is there, which is what was wanted.
+            Err(PgError::Query { code, .. })
+                if code.as_deref() == Some(SQLSTATE_DUPLICATE_OBJECT) =>
+            {
+                false
+            }
+            other => other.map(|_| true)?,
+        };
+        // Back to the server's log settings for whatever this session runs next (after a
+        // failure the connection, and its settings with it, are gone already).
+        self.quiet = false;
+        if let Err(e) = self.query(UNQUIET, timeout).await {
+            tracing::debug!(node = %self.name(), error = %e, "cannot reset the session's log settings");
+        }
+        Ok(created)
+    }
+
+    /// Adds REPLICATION and/or LOGIN to an existing role; its password is left alone.
+    pub async fn alter_role(
+        &mut self,
+        user: &str,
+        replication: bool,
+        login: bool,
+        timeout: Duration,
+    ) -> Result<(), PgError> {
+        let attrs: Vec<&str> = [(replication, "REPLICATION"), (login, "LOGIN")]
+            .into_iter()
+            .filter_map(|(want, a)| want.then_some(a))
+            .collect();
+        if attrs.is_empty() {
+            return Ok(());
+        }
+        let sql = format!("ALTER ROLE {} WITH {}", sql_ident(user), attrs.join(" "));
+        self.query(&sql, timeout).await?;
+        Ok(())
+    }
+
+    /// `GRANT EXECUTE ON FUNCTION function TO user`; `function` is a signature such as
+    /// `pg_catalog.pg_stat_file(text, boolean)` (checked, it cannot be quoted).
+    pub async fn grant_execute(
+        &mut self,
+        user: &str,
+        function: &str,
+        timeout: Duration,
+    ) -> Result<(), PgError> {
+        let plain = function
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || "_.(), ".contains(c));
+        if !plain {
+            return Err(self.unexpected(format!("refusing function name {function:?}")));
+        }
+        let sql = format!(
+            "GRANT EXECUTE ON FUNCTION {function} TO {}",
+            sql_ident(user)
+        );
+        self.query(&sql, timeout).await?;
+        Ok(())
+    }
+
+    /// The rules of the server's pg_hba.conf as the file reads now (not necessarily what was
+    /// last loaded), in the order they are matched.
+    pub async fn hba_rules(&mut self, timeout: Duration) -> Result<Vec<HbaRule>, PgError> {
+        const SQL: &str = "SELECT line_number, type, \
+              array_to_json(database)::text AS database, \
+              array_to_json(user_name)::text AS user_name, \
+              address, netmask, auth_method, error \
+            FROM pg_hba_file_rules";
+        let rows = self.query(SQL, timeout).await?;
+        let node = self.name();
+        rows.iter()
+            .map(|r| parse_hba_rule(node, columns(node, "pg_hba_file_rules", r, &HBA_COLUMNS)?))
+            .collect()
     }
 
     pub async fn show(&mut self, setting: &str, timeout: Duration) -> Result<String, PgError> {
@@ -840,6 +1160,104 @@ mod tests {
             column_of(parse_replica("pg-0", lookup(&bad)).unwrap_err()),
             "lag_bytes"
         );
+    }
+
+    #[test]
+    fn adoption_rows_parse_and_reject_garbage() {
+        let server = [
+            ("in_recovery", Some("f")),
+            ("system_identifier", Some("7300000000000000001")),
+            ("hba_file", Some("/var/lib/postgresql/data/pg_hba.conf")),
+            ("data_directory", Some("/var/lib/postgresql/data")),
+            ("ssl", Some("off")),
+            ("wal_log_hints", Some("off")),
+            ("data_checksums", Some("on")),
+            ("wal_log_hints_pending", Some("t")),
+        ];
+        let f = parse_server_facts("pg-0", lookup(&server)).unwrap();
+        assert!(!f.in_recovery && !f.ssl && !f.wal_log_hints);
+        assert!(f.data_checksums && f.wal_log_hints_pending);
+        assert_eq!(f.system_identifier, 7300000000000000001);
+        assert_eq!(f.hba_file, "/var/lib/postgresql/data/pg_hba.conf");
+        for (column, garbage) in [("ssl", "t"), ("in_recovery", "off"), ("hba_file", "")] {
+            let mut row = server;
+            row.iter_mut().find(|(k, _)| *k == column).unwrap().1 =
+                Some(garbage).filter(|g| !g.is_empty());
+            let e = parse_server_facts("pg-0", lookup(&row)).unwrap_err();
+            assert_eq!(column_of(e), column);
+        }
+
+        let role = [
+            ("can_login", Some("t")),
+            ("replication", Some("f")),
+            ("superuser", Some("f")),
+            ("scram_password", Some("t")),
+            (
+                "missing_grants",
+                Some(r#"["pg_catalog.pg_stat_file(text, boolean)"]"#),
+            ),
+        ];
+        let r = parse_role("pg-0", lookup(&role)).unwrap();
+        assert!(r.can_login && !r.replication && !r.superuser && r.scram_password);
+        assert_eq!(r.missing_grants, ["pg_catalog.pg_stat_file(text, boolean)"]);
+        let mut bad = role;
+        bad[4].1 = Some("{pg_stat_file}");
+        assert_eq!(
+            column_of(parse_role("pg-0", lookup(&bad)).unwrap_err()),
+            "missing_grants"
+        );
+
+        let hba = [
+            ("line_number", Some("128")),
+            ("type", Some("host")),
+            ("database", Some(r#"["replication"]"#)),
+            ("user_name", Some(r#"["a \"b\"","all"]"#)),
+            ("address", Some("172.18.0.0")),
+            ("netmask", Some("255.255.0.0")),
+            ("auth_method", Some("scram-sha-256")),
+            ("error", None),
+        ];
+        let h = parse_hba_rule("pg-0", lookup(&hba)).unwrap();
+        assert_eq!(h.line, Some(128));
+        assert_eq!(h.kind.as_deref(), Some("host"));
+        assert_eq!(h.databases, ["replication"]);
+        assert_eq!(h.users, ["a \"b\"", "all"]);
+        assert_eq!(h.netmask.as_deref(), Some("255.255.0.0"));
+        // An error row: only its line and error.
+        let error_row = [
+            ("line_number", Some("130")),
+            ("error", Some("invalid IP address \"x\"")),
+        ];
+        let e = parse_hba_rule("pg-0", lookup(&error_row)).unwrap();
+        assert_eq!(e.line, Some(130));
+        assert!(e.databases.is_empty() && e.kind.is_none());
+        assert_eq!(e.error.as_deref(), Some("invalid IP address \"x\""));
+        let mut bad = hba;
+        bad[0].1 = Some("one");
+        assert_eq!(
+            column_of(parse_hba_rule("pg-0", lookup(&bad)).unwrap_err()),
+            "line_number"
+        );
+    }
+
+    #[test]
+    fn a_quiet_statement_never_goes_on_a_new_connection() {
+        // No connection at all: refused before anything is sent.
+        let mut s = Session::new(Endpoint {
+            name: "pg-0".into(),
+            host: "127.0.0.1".into(),
+            port: 1,
+            user: "postgres".into(),
+            password: Secret::new("pw"),
+        });
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let e = rt
+            .block_on(s.query_quietly("SELECT 1", Duration::from_millis(100)))
+            .unwrap_err();
+        assert!(matches!(e, PgError::Connection { .. }), "{e}");
     }
 
     #[test]

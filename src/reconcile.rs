@@ -4,7 +4,8 @@
 //! Reads: node containers (Docker), SQL probes of every node, the primary's replication view,
 //! `SHOW POOL_NODES`. Changes: through [`crate::cluster::decide`]'s plan — adopts the primary and
 //! starts pgpool, fails over, rebuilds fresh nodes, fences rogue primaries, attaches and detaches
-//! nodes in pgpool — and the metrics and `/status` state.
+//! nodes in pgpool — and the metrics and `/status` state; starts the adoption check of a plain
+//! primary ([`crate::adopt`]) when one is due.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -80,6 +81,7 @@ pub async fn run(ctx: Arc<Ctx>) {
         }
         ensure_synchronous(&ctx, &mut probes).await;
         keep_slots(&ctx, &mut probes, &view).await;
+        crate::adopt::maybe_spawn(&ctx, &view);
         record(&ctx);
         ctx.with_state(|s| s.last_pass = Some(std::time::Instant::now()));
     }

@@ -18,7 +18,10 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::cluster::{may_attach_as_is, rewrite_rungs, DataIdentity, RecoveryFacts};
+use crate::cluster::{
+    control_file_rewindable, may_attach_as_is, rewind_ruled_out, rewrite_rungs, DataIdentity,
+    RecoveryFacts,
+};
 use crate::docker::{ContainerInfo, DockerError};
 use crate::pgpool::control::PgpoolError;
 use crate::postgres::conf_literal;
@@ -56,12 +59,39 @@ pub struct Recovered {
     pub seconds: f64,
 }
 
-/// Prints what the data directory is: `sysid=<id>` or `sysid=empty`, and its shutdown state.
+/// Prints what the data directory is: `sysid=<id>` or `sysid=empty`, its shutdown state, and
+/// what pg_rewind asks of its target's control file: `wal_log_hints=on|off` and
+/// `checksums=<data page checksum version>` (0: none). In the C locale, whose words the `sed`
+/// patterns are; a control file that cannot be read prints no `sysid=` (an unknown identity).
 const IDENTIFY_SCRIPT: &str = r#"
 if [ ! -s "$PGDATA/PG_VERSION" ]; then echo "sysid=empty"; exit 0; fi
-pg_controldata -D "$PGDATA" | sed -n 's/^Database system identifier: *//p' | sed 's/^/sysid=/'
-pg_controldata -D "$PGDATA" | sed -n 's/^Database cluster state: *//p' | sed 's/^/state=/'
+control=$(LC_ALL=C pg_controldata -D "$PGDATA" || true)
+printf '%s\n' "$control" | sed -n 's/^Database system identifier: *//p' | sed 's/^/sysid=/'
+printf '%s\n' "$control" | sed -n 's/^Database cluster state: *//p' | sed 's/^/state=/'
+printf '%s\n' "$control" | sed -n 's/^wal_log_hints setting: *//p' | sed 's/^/wal_log_hints=/'
+printf '%s\n' "$control" | sed -n 's/^Data page checksum version: *//p' | sed 's/^/checksums=/'
 "#;
+
+/// What [`IDENTIFY_SCRIPT`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControlData {
+    /// The system identifier, `empty`, or `unknown`.
+    pub sysid: String,
+    /// pg_rewind may rewind it (see [`control_file_rewindable`]).
+    pub rewindable: bool,
+}
+
+pub fn parse_control_data(out: &str) -> ControlData {
+    let value = |key: &str| {
+        out.lines()
+            .find_map(|l| l.trim().strip_prefix(key))
+            .map(str::trim)
+    };
+    ControlData {
+        sysid: value("sysid=").unwrap_or("unknown").to_string(),
+        rewindable: control_file_rewindable(value("wal_log_hints="), value("checksums=")),
+    }
+}
 
 /// Rewinds PGDATA onto the primary's timeline. A fenced (SIGKILLed) old primary needs crash
 /// recovery first, done here in single-user mode.
@@ -212,6 +242,13 @@ async fn ladder(
         );
     }
     let force_rebuild = force_rebuild || slot_lost;
+    // A plain official-image primary lacks the replication role and the pg_hba.conf rule every
+    // rung needs (a standby streams, pg_basebackup copies): adopted first, so the first rebuild
+    // of a fresh standby does not fail and back off. A failure here is not final: the rungs may
+    // work all the same (an operator's own rules), and say why not if they do not.
+    if let Err(e) = crate::adopt::ensure(ctx).await {
+        tracing::warn!(node = %name, error = %e, "the primary could not be adopted before recovery; going on");
+    }
     let mut container = ensure_container(ctx, node).await.map_err(|e| (None, e))?;
     // Fenced by a network disconnect: recovery takes it back onto the cluster network first,
     // or neither it nor its job containers could reach the primary.
@@ -248,11 +285,13 @@ async fn ladder(
     let empty = !container.status.is_up()
         && identify(ctx, &container)
             .await
-            .is_ok_and(|id| id == "empty");
+            .is_ok_and(|id| id.sysid == "empty");
     let facts = RecoveryFacts {
         force_rebuild,
         fenced,
         empty,
+        // Read from the control file once the node is stopped, below; rung 1 needs no rewind.
+        rewindable: true,
     };
     if may_attach_as_is(&facts) {
         // Rung 1: it may just be a standby that was away — start it, re-point it, attach it.
@@ -277,9 +316,14 @@ async fn ladder(
         .stop(&container, Duration::from_secs(30))
         .await
         .map_err(|e| (Some(next), e.into()))?;
-    let identity = identify(ctx, &container)
+    let control = identify(ctx, &container)
         .await
         .map_err(|e| (Some(next), e))?;
+    let facts = RecoveryFacts {
+        rewindable: control.rewindable,
+        ..facts
+    };
+    let identity = control.sysid;
     let cluster_id = ctx.with_state(|s| s.view.system_identifier);
     let data = if identity == "empty" {
         DataIdentity::Empty
@@ -299,6 +343,12 @@ async fn ladder(
             },
         )
     })?;
+    if rewind_ruled_out(&facts, &data) {
+        tracing::warn!(
+            node = %name,
+            "rebuilding instead of rewinding: the node ran without wal_log_hints and data checksums"
+        );
+    }
     let mut last_error = None;
     for rung in rungs {
         let result = match rung {
@@ -378,8 +428,8 @@ async fn rejoin_as_is(
     Ok(())
 }
 
-/// `sysid` of the node's data directory, read offline in a job container.
-async fn identify(ctx: &Ctx, container: &ContainerInfo) -> Result<String, RecoveryError> {
+/// The node's control data, read offline in a job container.
+async fn identify(ctx: &Ctx, container: &ContainerInfo) -> Result<ControlData, RecoveryError> {
     let out = ctx
         .docker
         .run_job(
@@ -390,11 +440,7 @@ async fn identify(ctx: &Ctx, container: &ContainerInfo) -> Result<String, Recove
             Duration::from_secs(60),
         )
         .await?;
-    Ok(out
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("sysid="))
-        .unwrap_or("unknown")
-        .to_string())
+    Ok(parse_control_data(&out))
 }
 
 /// Lines appended to `postgresql.auto.conf` (the last value of a setting wins there). The slot
@@ -617,5 +663,38 @@ mod tests {
                    pg_rewind: Done!";
         assert_eq!(divergence_point(out).as_deref(), Some("0/3000108"));
         assert_eq!(divergence_point("pg_rewind: no rewind required"), None);
+    }
+
+    #[test]
+    fn control_data_says_whose_data_and_whether_it_can_be_rewound() {
+        let official =
+            "sysid=7300000000000000001\nstate=shut down\nwal_log_hints=off\nchecksums=0\n";
+        assert_eq!(
+            parse_control_data(official),
+            ControlData {
+                sysid: "7300000000000000001".into(),
+                rewindable: false
+            }
+        );
+        let pg18 =
+            "sysid=7300000000000000001\nstate=in production\nwal_log_hints=off\nchecksums=1\n";
+        assert!(parse_control_data(pg18).rewindable);
+        let hints = "sysid=1\nwal_log_hints=on\nchecksums=0\n";
+        assert!(parse_control_data(hints).rewindable);
+        assert_eq!(
+            parse_control_data("sysid=empty\n"),
+            ControlData {
+                sysid: "empty".into(),
+                rewindable: true
+            }
+        );
+        // An unreadable control file: unknown identity (never wiped), pg_rewind would judge.
+        assert_eq!(
+            parse_control_data(""),
+            ControlData {
+                sysid: "unknown".into(),
+                rewindable: true
+            }
+        );
     }
 }

@@ -76,6 +76,8 @@ pub struct State {
     pub slots: BTreeMap<usize, crate::postgres::Slot>,
     /// When the reconcile loop last finished a pass: `/healthz` fails when it is too long ago.
     pub last_pass: Option<std::time::Instant>,
+    /// What the last adoption check of the primary found and changed (see [`crate::adopt`]).
+    pub adoption: Option<crate::cluster::adopt::Adoption>,
 }
 
 /// Everything a task needs; cloned as `Arc<Ctx>`.
@@ -94,6 +96,9 @@ pub struct Ctx {
     pub sessions: Vec<tokio::sync::Mutex<Session>>,
     /// Failover is single-flight: pgpool's hook, Docker events and probes all come here.
     pub failover_lock: tokio::sync::Mutex<()>,
+    /// Adoption is single-flight too (the reconcile loop and a recovery that needs the rule may
+    /// both ask, and two appends to pg_hba.conf must not race); it holds the last check.
+    pub adoption: tokio::sync::Mutex<crate::adopt::Memo>,
     /// Wakes the reconcile loop before its next tick.
     pub wake: Notify,
     pub cancel: CancellationToken,

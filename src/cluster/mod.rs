@@ -5,6 +5,7 @@
 //! hand-built views: which node is primary, when a failover is due, which standby may be
 //! promoted, which node may be wiped and rebuilt, which may be attached to pgpool.
 
+pub mod adopt;
 mod view;
 
 pub use view::*;
@@ -236,14 +237,31 @@ pub fn may_attach_as_is(f: &RecoveryFacts) -> bool {
 #[error("node holds another cluster's data (system identifier {0}); it is never wiped")]
 pub struct WipeRefused(pub String);
 
+/// pg_rewind rewinds only a target whose control file says it ran with `wal_log_hints` on or
+/// with data checksums (`Data page checksum version` other than 0): otherwise a hint-bit-only
+/// change of a page leaves no WAL, and the rewound page could be wrong. A value that could not
+/// be read is left to pg_rewind to judge (it refuses with its own message).
+pub fn control_file_rewindable(
+    wal_log_hints: Option<&str>,
+    checksum_version: Option<&str>,
+) -> bool {
+    !(wal_log_hints == Some("off") && checksum_version == Some("0"))
+}
+
+/// A member whose data would be rewound, but whose control file rules pg_rewind out: it is
+/// rebuilt instead (and the acting code says why).
+pub fn rewind_ruled_out(f: &RecoveryFacts, data: &DataIdentity) -> bool {
+    *data == DataIdentity::Member && !f.force_rebuild && !f.empty && !f.rewindable
+}
+
 /// The rungs that rewrite the node's data, in order, once rung 1 is out: the safety rule on
 /// wiping lives here. Only a fresh initdb, an empty directory or a former member of this
 /// cluster may be rewritten; a member is rewound first (cheaper, keeps the common history)
-/// unless a rebuild is forced.
+/// unless a rebuild is forced or its control file rules a rewind out.
 pub fn rewrite_rungs(f: &RecoveryFacts, data: &DataIdentity) -> Result<Vec<Rung>, WipeRefused> {
     match data {
         DataIdentity::Foreign(id) => Err(WipeRefused(id.clone())),
-        DataIdentity::Member if !f.force_rebuild && !f.empty => {
+        DataIdentity::Member if !f.force_rebuild && !f.empty && f.rewindable => {
             Ok(vec![Rung::Rewind, Rung::Rebuild])
         }
         DataIdentity::Member | DataIdentity::Empty | DataIdentity::FreshInitdb => {
@@ -877,6 +895,7 @@ mod tests {
             force_rebuild,
             fenced,
             empty,
+            rewindable: true,
         };
         // Rung 1 only for data that may be kept as it is.
         assert!(may_attach_as_is(&f(false, false, false)));
@@ -919,6 +938,65 @@ mod tests {
         ];
         for (facts, data, want) in table {
             assert_eq!(rewrite_rungs(&facts, &data), want, "{facts:?} {data:?}");
+        }
+    }
+
+    #[test]
+    fn a_member_that_ran_without_hints_or_checksums_is_rebuilt_not_rewound() {
+        let f = |force_rebuild, empty, rewindable| RecoveryFacts {
+            force_rebuild,
+            fenced: true,
+            empty,
+            rewindable,
+        };
+        use DataIdentity::*;
+        let table: Vec<(RecoveryFacts, DataIdentity, Vec<Rung>, bool)> = vec![
+            (
+                f(false, false, true),
+                Member,
+                vec![Rung::Rewind, Rung::Rebuild],
+                false,
+            ),
+            (f(false, false, false), Member, vec![Rung::Rebuild], true),
+            // Not a rewind anyway: nothing is said about hints.
+            (f(true, false, false), Member, vec![Rung::Rebuild], false),
+            (f(false, true, false), Empty, vec![Rung::Rebuild], false),
+            (
+                f(false, false, false),
+                FreshInitdb,
+                vec![Rung::Rebuild],
+                false,
+            ),
+        ];
+        for (facts, data, rungs, ruled_out) in table {
+            assert_eq!(
+                rewrite_rungs(&facts, &data),
+                Ok(rungs),
+                "{facts:?} {data:?}"
+            );
+            assert_eq!(
+                rewind_ruled_out(&facts, &data),
+                ruled_out,
+                "{facts:?} {data:?}"
+            );
+        }
+        // Not even an unrewindable foreign node is wiped.
+        assert!(rewrite_rungs(&f(false, false, false), &Foreign("1".into())).is_err());
+        // pg_controldata's words: only both known off rule it out.
+        let table = [
+            (Some("on"), Some("0"), true),
+            (Some("off"), Some("1"), true),
+            (Some("off"), Some("0"), false),
+            (None, Some("0"), true),
+            (Some("off"), None, true),
+            (None, None, true),
+        ];
+        for (hints, checksums, want) in table {
+            assert_eq!(
+                control_file_rewindable(hints, checksums),
+                want,
+                "{hints:?} {checksums:?}"
+            );
         }
     }
 

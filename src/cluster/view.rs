@@ -166,6 +166,9 @@ pub struct RecoveryFacts {
     pub fenced: bool,
     /// Its data directory holds no cluster at all (a recreated container on a lost volume).
     pub empty: bool,
+    /// Its control file says it ran with `wal_log_hints` on or with data checksums: pg_rewind
+    /// can rewind it (see [`crate::cluster::control_file_rewindable`]).
+    pub rewindable: bool,
 }
 
 /// Whose data a stopped node holds, read offline (`pg_controldata`).
