@@ -71,6 +71,29 @@ async fn foreign_node_with_user_database_is_reported_not_wiped() {
     assert_eq!(dbs.len(), 1);
     let rec = query(&pg2, "SELECT pg_is_in_recovery()").await.unwrap();
     assert_eq!(rec[0][0].as_deref(), Some("f"));
+    // Adoption touched only this cluster's primary: pg-0 got the replication role, the foreign
+    // node got no role, no pg_hba line and no ALTER SYSTEM.
+    let role = "SELECT count(*)::text FROM pg_roles WHERE rolname = 'replicator'";
+    let pg0 = c.node("pg-0").await.expect("pg-0 reachable");
+    assert_eq!(query(&pg0, role).await.unwrap()[0][0].as_deref(), Some("1"));
+    assert_eq!(query(&pg2, role).await.unwrap()[0][0].as_deref(), Some("0"));
+    let untouched = query(
+        &pg2,
+        "SELECT (SELECT count(*) FROM pg_hba_file_rules WHERE 'replicator' = ANY(user_name))::text, \
+         (SELECT count(*) FROM pg_file_settings WHERE sourcefile LIKE '%postgresql.auto.conf')::text",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        untouched[0][0].as_deref(),
+        Some("0"),
+        "pg_hba.conf of pg-2 changed"
+    );
+    assert_eq!(
+        untouched[0][1].as_deref(),
+        Some("0"),
+        "ALTER SYSTEM on pg-2"
+    );
 
     // pgpool does not route to it.
     let pool = c.pgpool().await.unwrap();
