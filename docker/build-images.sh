@@ -3,7 +3,7 @@
 # and host networking (apt reaches the Debian archive; nothing is pulled from a registry):
 #   build-images.sh            pgpool+sidecar, the default node image (PostgreSQL 17), Prometheus
 #   build-images.sh --matrix   also the test matrix: PostgreSQL 15 and 18 node images and the
-#                              official-like node image (FLAVOR=official, PostgreSQL 17)
+#                              official-like node images (FLAVOR=official, PostgreSQL 17, 18)
 # Every image starts FROM a debian:<suite>-slim that ensure-base-image.sh provides offline.
 # Docker's layer cache makes a second run cheap; each image is built once per run.
 set -euo pipefail
@@ -39,5 +39,8 @@ if [ "$matrix" = 1 ]; then
     --build-arg PGDATA=/var/lib/postgresql/18/docker --build-arg PG_VOLUME=/var/lib/postgresql \
     docker/postgres
   build pgpool-sidecar-postgres-official:17 --build-arg FLAVOR=official docker/postgres
+  build pgpool-sidecar-postgres-official:18 --build-arg BASE=debian:sid-slim --build-arg PG_MAJOR=18 \
+    --build-arg PGDATA=/var/lib/postgresql/18/docker --build-arg PG_VOLUME=/var/lib/postgresql \
+    --build-arg FLAVOR=official docker/postgres
 fi
 docker run --rm --entrypoint pgpool pgpool-sidecar:local --version

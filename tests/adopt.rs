@@ -55,13 +55,25 @@ async fn wait_standby_of(c: &Cluster, primary: &str, node: &str, rows: i64, limi
     .await;
 }
 
+/// PostgreSQL 17 without data checksums: wal_log_hints is turned on for the next start, so the
+/// first primary is rebuilt after its failover and the next one rewound.
 #[tokio::test]
 async fn plain_official_nodes_are_adopted_then_fail_over_and_rejoin() {
+    adopt_fail_over_rejoin(NODES_OFFICIAL).await;
+}
+
+/// PostgreSQL 18's layout (PGDATA under /var/lib/postgresql/18/docker, read from the container)
+/// and its initdb's data checksums: wal_log_hints is left alone and every primary is rewound.
+#[tokio::test]
+async fn plain_official_18_nodes_are_adopted_then_fail_over_and_rejoin() {
+    adopt_fail_over_rejoin(NODES_OFFICIAL_18).await;
+}
+
+async fn adopt_fail_over_rejoin(nodes: Nodes) {
+    let checksums = nodes.rewindable_from_init;
+    let hints_changes = if checksums { 0.0 } else { 1.0 };
     let started = Instant::now();
-    let c = Cluster::new("official")
-        .with_nodes(NODES_OFFICIAL)
-        .up()
-        .await;
+    let c = Cluster::new("adopt").with_nodes(nodes).up().await;
 
     // What the nodes were given: the superuser and its password, nothing about replication.
     for node in ALL {
@@ -81,7 +93,7 @@ async fn plain_official_nodes_are_adopted_then_fail_over_and_rejoin() {
         wait_standby_of(&c, "pg-0", node, 1, Duration::from_secs(60)).await;
     }
     let whole = started.elapsed().as_secs_f64();
-    eprintln!("official-like cluster whole {whole:.1} s after up");
+    eprintln!("{}: cluster whole {whole:.1} s after up", nodes.image);
     assert!(whole < 60.0, "cluster whole only after {whole:.1} s");
 
     // What the sidecar changed on pg-0, in /status, in metrics and in the database itself.
@@ -97,18 +109,24 @@ async fn plain_official_nodes_are_adopted_then_fail_over_and_rejoin() {
     eprintln!("adoption: {adoption}");
     assert_eq!(adoption["replication_role"], "created", "{adoption}");
     assert_eq!(adoption["hba_rule"], "added", "{adoption}");
-    assert_eq!(adoption["wal_log_hints"], "pending_restart", "{adoption}");
-    let (_, m) = c.http("/metrics").await;
-    for change in ["replication_role", "hba_rule", "wal_log_hints"] {
-        assert_eq!(
-            metric(
-                &m,
-                &format!("pgpool_sidecar_adoption_changes_total{{change=\"{change}\"}}")
-            ),
-            Some(1.0),
-            "{change}"
-        );
-    }
+    assert_eq!(
+        adoption["wal_log_hints"],
+        if checksums {
+            "checksums"
+        } else {
+            "pending_restart"
+        },
+        "{adoption}"
+    );
+    assert_adoption_changes(&c, hints_changes).await;
+    // PGDATA came from the container: the rule went into the data directory of this layout.
+    let hba = one(&c, "pg-0", "SHOW hba_file").await.unwrap_or_default();
+    let pgdata = format!("{}/{}", nodes.volume_dir, nodes.data_in_volume);
+    assert_eq!(
+        hba,
+        format!("{}/pg_hba.conf", pgdata.trim_end_matches('/')),
+        "hba_file of pg-0"
+    );
     let role = one(
         &c,
         "pg-0",
@@ -124,25 +142,39 @@ async fn plain_official_nodes_are_adopted_then_fail_over_and_rejoin() {
     )
     .await;
     assert_eq!(rules.as_deref(), Some("1"), "one replication rule added");
-    let pending = one(
+    let hints = one(
         &c,
         "pg-0",
-        "SELECT current_setting('wal_log_hints') || ',' || pending_restart FROM pg_settings WHERE name = 'wal_log_hints'",
+        "SELECT current_setting('wal_log_hints') || ',' || pending_restart || ',' \
+         || current_setting('data_checksums') FROM pg_settings WHERE name = 'wal_log_hints'",
     )
     .await;
     assert_eq!(
-        pending.as_deref(),
-        Some("off,true"),
-        "wal_log_hints waits for a restart"
+        hints.as_deref(),
+        Some(if checksums {
+            "off,false,on"
+        } else {
+            "off,true,off"
+        }),
+        "wal_log_hints, pending restart, data checksums on pg-0"
     );
-    // The standbys were cloned after the change: they run with it.
+    // The standbys were cloned after the change: they run with it (or with checksums).
     for node in ["pg-1", "pg-2"] {
-        let hints = one(&c, node, "SHOW wal_log_hints").await;
-        assert_eq!(hints.as_deref(), Some("on"), "{node}");
+        let hints = one(
+            &c,
+            node,
+            "SELECT current_setting('wal_log_hints') || ',' || current_setting('data_checksums')",
+        )
+        .await;
+        assert_eq!(
+            hints.as_deref(),
+            Some(if checksums { "off,on" } else { "on,off" }),
+            "{node}"
+        );
     }
 
-    // First failover: pg-0 ran without wal_log_hints and checksums, so it cannot be rewound; the
-    // ladder rebuilds it and says why.
+    // First failover. Without checksums pg-0 ran without wal_log_hints, so it cannot be
+    // rewound: the ladder rebuilds it and says why. With checksums it is rewound.
     c.docker(&["kill", &c.container("pg-0")]);
     let t = Instant::now();
     c.write_until_ok(2, Duration::from_secs(30)).await;
@@ -160,18 +192,22 @@ async fn plain_official_nodes_are_adopted_then_fail_over_and_rejoin() {
         "pg-0 rejoined {:.2} s after the writes",
         t.elapsed().as_secs_f64()
     );
-    assert_eq!(recoveries(&c, "pg-0", "rebuild").await, Some(1.0));
-    assert_eq!(recoveries(&c, "pg-0", "rewind").await, Some(0.0));
+    let (method, other) = if checksums {
+        ("rewind", "rebuild")
+    } else {
+        ("rebuild", "rewind")
+    };
+    assert_eq!(recoveries(&c, "pg-0", method).await, Some(1.0), "{method}");
+    assert_eq!(recoveries(&c, "pg-0", other).await, Some(0.0), "{other}");
     let logs = c.logs("pgpool");
-    assert!(
+    assert_eq!(
         logs.lines()
             .any(|l| l.contains("rebuilding instead of rewinding")
                 && l.contains("pg-0")
                 && l.contains("wal_log_hints")),
-        "the log says why pg-0 was rebuilt"
+        !checksums,
+        "whether the log says why pg-0 was rebuilt"
     );
-    let hints = one(&c, &first, "SHOW wal_log_hints").await;
-    assert_eq!(hints.as_deref(), Some("on"), "new primary {first}");
     let adoption = wait_for(
         "/status to report the new primary's adoption",
         Duration::from_secs(90),
@@ -181,12 +217,16 @@ async fn plain_official_nodes_are_adopted_then_fail_over_and_rejoin() {
         },
     )
     .await;
-    assert_eq!(adoption["wal_log_hints"], "on", "{adoption}");
+    assert_eq!(
+        adoption["wal_log_hints"],
+        if checksums { "checksums" } else { "on" },
+        "{adoption}"
+    );
     assert_eq!(adoption["replication_role"], "present", "{adoption}");
     assert_eq!(adoption["hba_rule"], "present", "{adoption}");
 
-    // Second failover: the new primary started with wal_log_hints, so it is rewound. (It was
-    // rebuilt once already, when it joined as a fresh standby.)
+    // Second failover: the new primary started with wal_log_hints (or checksums), so it is
+    // rewound. (It was rebuilt once already, when it joined as a fresh standby.)
     let rebuilt_before = recoveries(&c, &first, "rebuild").await;
     c.docker(&["kill", &c.container(&first)]);
     c.write_until_ok(11, Duration::from_secs(30)).await;
@@ -202,15 +242,24 @@ async fn plain_official_nodes_are_adopted_then_fail_over_and_rejoin() {
     );
     assert_eq!(recoveries(&c, &first, "rewind").await, Some(1.0));
     assert_eq!(recoveries(&c, &first, "rebuild").await, rebuilt_before);
+    // Nodes cloned from the adopted one needed no change.
+    assert_adoption_changes(&c, hints_changes).await;
+}
+
+async fn assert_adoption_changes(c: &Cluster, hints_changes: f64) {
     let (_, m) = c.http("/metrics").await;
-    for change in ["replication_role", "hba_rule", "wal_log_hints"] {
+    for (change, n) in [
+        ("replication_role", 1.0),
+        ("hba_rule", 1.0),
+        ("wal_log_hints", hints_changes),
+    ] {
         assert_eq!(
             metric(
                 &m,
                 &format!("pgpool_sidecar_adoption_changes_total{{change=\"{change}\"}}")
             ),
-            Some(1.0),
-            "{change} changed again on a node cloned from the adopted one"
+            Some(n),
+            "adoption_changes_total for {change}"
         );
     }
 }

@@ -66,10 +66,13 @@ where
 }
 
 /// Which node image the e2e tests run on: `PGPOOL_SIDECAR_TEST_NODES` = `17` (the default),
-/// `15`, `18` or `official` (the official-like image, PostgreSQL 17, `FLAVOR=official`). The
+/// `15`, `18`, `official` (the official-like image, PostgreSQL 17, `FLAVOR=official`) or
+/// `official18` (the same for PostgreSQL 18). The
 /// version matrix of tests/run-all.sh sets it; every image comes from docker/build-images.sh.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Nodes {
+    /// Short name, part of each cluster's compose project name (and so of its log file).
+    pub tag: &'static str,
     pub image: &'static str,
     /// Where the node's named volume is mounted (compose's PG_VOLUME_DIR).
     pub volume_dir: &'static str,
@@ -84,6 +87,7 @@ pub struct Nodes {
 }
 
 pub const NODES_17: Nodes = Nodes {
+    tag: "pg17",
     image: "pgpool-sidecar-postgres:17",
     volume_dir: "/var/lib/postgresql/data",
     data_in_volume: "",
@@ -92,28 +96,43 @@ pub const NODES_17: Nodes = Nodes {
 };
 
 pub const NODES_OFFICIAL: Nodes = Nodes {
+    tag: "off17",
     image: "pgpool-sidecar-postgres-official:17",
     rewindable_from_init: false,
     ..NODES_17
+};
+
+pub const NODES_18: Nodes = Nodes {
+    tag: "pg18",
+    image: "pgpool-sidecar-postgres:18",
+    volume_dir: "/var/lib/postgresql",
+    data_in_volume: "18/docker",
+    major: 18,
+    rewindable_from_init: true,
+};
+
+/// The official-like image of PostgreSQL 18: the 18 layout, data checksums on by initdb.
+pub const NODES_OFFICIAL_18: Nodes = Nodes {
+    tag: "off18",
+    image: "pgpool-sidecar-postgres-official:18",
+    ..NODES_18
 };
 
 pub fn nodes() -> Nodes {
     match std::env::var("PGPOOL_SIDECAR_TEST_NODES").as_deref() {
         Err(_) | Ok("") | Ok("17") => NODES_17,
         Ok("15") => Nodes {
+            tag: "pg15",
             image: "pgpool-sidecar-postgres:15",
             major: 15,
             ..NODES_17
         },
-        Ok("18") => Nodes {
-            image: "pgpool-sidecar-postgres:18",
-            volume_dir: "/var/lib/postgresql",
-            data_in_volume: "18/docker",
-            major: 18,
-            rewindable_from_init: true,
-        },
+        Ok("18") => NODES_18,
         Ok("official") => NODES_OFFICIAL,
-        Ok(other) => panic!("PGPOOL_SIDECAR_TEST_NODES={other}: expected 15, 17, 18 or official"),
+        Ok("official18") => NODES_OFFICIAL_18,
+        Ok(other) => {
+            panic!("PGPOOL_SIDECAR_TEST_NODES={other}: expected 15, 17, 18, official or official18")
+        }
     }
 }
 
@@ -133,20 +152,27 @@ pub struct Cluster {
     pub http_port: u16,
     pub prometheus_port: u16,
     pub nodes: Nodes,
+    name: String,
     files: Vec<PathBuf>,
     env: Vec<(String, String)>,
     profiles: Vec<String>,
 }
 
 impl Cluster {
-    pub fn new(name: &str) -> Self {
-        let project = format!(
-            "pgst{}{}",
+    fn project_name(name: &str, nodes: &Nodes) -> String {
+        format!(
+            "pgst{}{}{}{}",
             name.replace(|c: char| !c.is_ascii_alphanumeric(), ""),
+            nodes.tag,
+            if compose_v2() { "v2" } else { "" },
             std::process::id()
-        );
+        )
+    }
+
+    pub fn new(name: &str) -> Self {
         Cluster {
-            project,
+            project: Self::project_name(name, &nodes()),
+            name: name.to_string(),
             pgpool_port: free_port(),
             http_port: free_port(),
             prometheus_port: free_port(),
@@ -175,6 +201,7 @@ impl Cluster {
     /// Runs this cluster on `nodes` whatever the matrix says (tests of one image's behaviour).
     pub fn with_nodes(mut self, nodes: Nodes) -> Self {
         self.nodes = nodes;
+        self.project = Self::project_name(&self.name, &nodes);
         self
     }
 
