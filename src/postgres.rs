@@ -240,6 +240,12 @@ const QUIET: &str = "SET log_min_error_statement = panic; SET log_statement = 'n
     SET log_min_duration_statement = -1; SET log_min_duration_sample = -1; \
     SET log_transaction_sample_rate = 0";
 
+/// Put before a statement that commits a catalog change on a primary that may not have its
+/// synchronous standby yet (synchronous mode, a cluster still being built): without it the
+/// commit waits for a standby that can only join once the change is there. The change still
+/// reaches the standbys by streaming. Only for the implicit transaction of the same query.
+const COMMIT_LOCALLY: &str = "SET LOCAL synchronous_commit = local; ";
+
 /// Undoes [`QUIET`] for the rest of a session.
 const UNQUIET: &str = "RESET log_min_error_statement; RESET log_statement; \
     RESET log_min_duration_statement; RESET log_min_duration_sample; \
@@ -902,7 +908,7 @@ impl Session {
         }
         self.quiet(timeout).await?;
         let sql = format!(
-            "CREATE ROLE {} WITH REPLICATION LOGIN PASSWORD {}",
+            "{COMMIT_LOCALLY}CREATE ROLE {} WITH REPLICATION LOGIN PASSWORD {}",
             sql_ident(user),
             sql_literal(verifier.expose())
         );
@@ -939,7 +945,11 @@ impl Session {
         if attrs.is_empty() {
             return Ok(());
         }
-        let sql = format!("ALTER ROLE {} WITH {}", sql_ident(user), attrs.join(" "));
+        let sql = format!(
+            "{COMMIT_LOCALLY}ALTER ROLE {} WITH {}",
+            sql_ident(user),
+            attrs.join(" ")
+        );
         self.query(&sql, timeout).await?;
         Ok(())
     }
@@ -959,7 +969,7 @@ impl Session {
             return Err(self.unexpected(format!("refusing function name {function:?}")));
         }
         let sql = format!(
-            "GRANT EXECUTE ON FUNCTION {function} TO {}",
+            "{COMMIT_LOCALLY}GRANT EXECUTE ON FUNCTION {function} TO {}",
             sql_ident(user)
         );
         self.query(&sql, timeout).await?;
