@@ -287,7 +287,12 @@ pub fn pgpool_conf(
     set("allow_clear_text_frontend_auth", "off");
     set("load_balance_mode", "on");
     set("statement_level_load_balance", "off");
-    set("sr_check_period", "1");
+    // Off: pgpool 4.6's streaming-replication check holds the lock that failover's primary
+    // search waits for, and its reads have no timeout — a primary cut off from the network while
+    // it answered a check stalled the whole failover (seen in CI: pgpool never found the new
+    // primary). The sidecar measures lag and streaming itself; pgpool's `replication_delay` is
+    // informational here. Who sets `delay_threshold` must turn it back on (README).
+    set("sr_check_period", "0");
     set("sr_check_user", &cfg.superuser);
     set("sr_check_password", "");
     set("sr_check_database", "postgres");
@@ -572,7 +577,7 @@ mod tests {
         ));
         assert!(text.contains("follow_primary_command = '/usr/local/bin/pgpool-sidecar hook"));
         assert!(text.contains("health_check_period = 1\n"));
-        assert!(text.contains("sr_check_period = 1\n"));
+        assert!(text.contains("sr_check_period = 0\n"));
         assert!(text.contains("load_balance_mode = on\n"));
         assert!(!text.contains("s3cret"), "{text}");
     }
