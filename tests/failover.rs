@@ -243,7 +243,17 @@ async fn partitioned_primary_is_failed_over_and_stays_fenced() {
 
 #[tokio::test]
 async fn synchronous_mode_loses_no_acknowledged_commit() {
-    let c = ready_cluster("sync", &[("SIDECAR_SYNCHRONOUS_STANDBYS", "1")]).await;
+    // Without auto-rejoin the fenced old primary stays out, so the check of
+    // synchronous_standby_names below cannot race with its rewind (once it streams again it
+    // rightly counts as a synchronous candidate).
+    let c = ready_cluster(
+        "sync",
+        &[
+            ("SIDECAR_SYNCHRONOUS_STANDBYS", "1"),
+            ("SIDECAR_AUTO_REJOIN", "false"),
+        ],
+    )
+    .await;
     let pg0 = c.node("pg-0").await.unwrap();
     wait_for(
         "synchronous_standby_names set",
