@@ -12,11 +12,6 @@ use common::*;
 
 const ALL: [&str; 3] = ["pg-0", "pg-1", "pg-2"];
 
-async fn one(c: &Cluster, node: &str, sql: &str) -> Option<String> {
-    let client = c.node(node).await?;
-    query(&client, sql).await.ok()?.first()?.first()?.clone()
-}
-
 async fn recoveries(c: &Cluster, node: &str, method: &str) -> Option<f64> {
     let (_, m) = c.http("/metrics").await;
     let id = node.trim_start_matches("pg-");
@@ -26,33 +21,6 @@ async fn recoveries(c: &Cluster, node: &str, method: &str) -> Option<f64> {
             "pgpool_sidecar_recoveries_total{{method=\"{method}\",node=\"{id}\",result=\"success\"}}"
         ),
     )
-}
-
-/// Waits until `node` is a standby streaming from `primary`, up in pgpool, holding `rows` rows.
-async fn wait_standby_of(c: &Cluster, primary: &str, node: &str, rows: i64, limit: Duration) {
-    wait_for(
-        &format!("{node} streaming from {primary}, attached, {rows} rows"),
-        limit,
-        || async move {
-            let sender = one(
-                c,
-                primary,
-                &format!(
-                    "SELECT count(*) FROM pg_stat_replication WHERE application_name = '{node}' AND state = 'streaming'"
-                ),
-            )
-            .await?;
-            let pool = c.pgpool().await?;
-            let id = node.trim_start_matches("pg-");
-            let up = pool_nodes(&pool)
-                .await
-                .iter()
-                .any(|(i, s, r)| i == id && s == "up" && r == "standby");
-            let n = one(c, node, "SELECT count(*) FROM acked").await?;
-            (sender == "1" && up && n == rows.to_string()).then_some(())
-        },
-    )
-    .await;
 }
 
 /// PostgreSQL 17 without data checksums: wal_log_hints is turned on for the next start, so the
@@ -90,7 +58,8 @@ async fn adopt_fail_over_rejoin(nodes: Nodes) {
     c.create_acked_table().await;
     c.write_until_ok(1, Duration::from_secs(10)).await;
     for node in ["pg-1", "pg-2"] {
-        wait_standby_of(&c, "pg-0", node, 1, Duration::from_secs(60)).await;
+        c.wait_rejoined("pg-0", node, 1, Duration::from_secs(60))
+            .await;
     }
     let whole = started.elapsed().as_secs_f64();
     eprintln!("{}: cluster whole {whole:.1} s after up", nodes.image);
@@ -120,35 +89,38 @@ async fn adopt_fail_over_rejoin(nodes: Nodes) {
     );
     assert_adoption_changes(&c, hints_changes).await;
     // PGDATA came from the container: the rule went into the data directory of this layout.
-    let hba = one(&c, "pg-0", "SHOW hba_file").await.unwrap_or_default();
+    let hba = c
+        .value_on("pg-0", "SHOW hba_file")
+        .await
+        .unwrap_or_default();
     let pgdata = format!("{}/{}", nodes.volume_dir, nodes.data_in_volume);
     assert_eq!(
         hba,
         format!("{}/pg_hba.conf", pgdata.trim_end_matches('/')),
         "hba_file of pg-0"
     );
-    let role = one(
-        &c,
-        "pg-0",
-        "SELECT rolreplication AND rolcanlogin FROM pg_roles WHERE rolname = 'replicator'",
-    )
-    .await;
+    let role = c
+        .value_on(
+            "pg-0",
+            "SELECT rolreplication AND rolcanlogin FROM pg_roles WHERE rolname = 'replicator'",
+        )
+        .await;
     assert_eq!(role.as_deref(), Some("t"), "replication role on pg-0");
-    let rules = one(
-        &c,
-        "pg-0",
-        "SELECT count(*) FROM pg_hba_file_rules WHERE 'replication' = ANY(database) \
+    let rules = c
+        .value_on(
+            "pg-0",
+            "SELECT count(*) FROM pg_hba_file_rules WHERE 'replication' = ANY(database) \
          AND 'replicator' = ANY(user_name) AND error IS NULL",
-    )
-    .await;
+        )
+        .await;
     assert_eq!(rules.as_deref(), Some("1"), "one replication rule added");
-    let hints = one(
-        &c,
-        "pg-0",
-        "SELECT current_setting('wal_log_hints') || ',' || pending_restart || ',' \
+    let hints = c
+        .value_on(
+            "pg-0",
+            "SELECT current_setting('wal_log_hints') || ',' || pending_restart || ',' \
          || current_setting('data_checksums') FROM pg_settings WHERE name = 'wal_log_hints'",
-    )
-    .await;
+        )
+        .await;
     assert_eq!(
         hints.as_deref(),
         Some(if checksums {
@@ -160,9 +132,7 @@ async fn adopt_fail_over_rejoin(nodes: Nodes) {
     );
     // The standbys were cloned after the change: they run with it (or with checksums).
     for node in ["pg-1", "pg-2"] {
-        let hints = one(
-            &c,
-            node,
+        let hints = c.value_on(node,
             "SELECT current_setting('wal_log_hints') || ',' || current_setting('data_checksums')",
         )
         .await;
@@ -187,7 +157,8 @@ async fn adopt_fail_over_rejoin(nodes: Nodes) {
         c.write_until_ok(i, Duration::from_secs(10)).await;
     }
     let t = Instant::now();
-    wait_standby_of(&c, &first, "pg-0", 10, Duration::from_secs(120)).await;
+    c.wait_rejoined(&first, "pg-0", 10, Duration::from_secs(120))
+        .await;
     eprintln!(
         "pg-0 rejoined {:.2} s after the writes",
         t.elapsed().as_secs_f64()
@@ -235,7 +206,8 @@ async fn adopt_fail_over_rejoin(nodes: Nodes) {
         c.write_until_ok(i, Duration::from_secs(10)).await;
     }
     let t = Instant::now();
-    wait_standby_of(&c, &second, &first, 20, Duration::from_secs(120)).await;
+    c.wait_rejoined(&second, &first, 20, Duration::from_secs(120))
+        .await;
     eprintln!(
         "{first} rewound and rejoined {:.2} s after the writes",
         t.elapsed().as_secs_f64()

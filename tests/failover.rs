@@ -22,14 +22,6 @@ async fn ready_cluster(name: &str, extra: &[(&str, &str)]) -> Cluster {
 }
 
 /// The node streaming from `primary` according to the primary itself.
-async fn streams_from(c: &Cluster, primary: &str, standby: &str) -> bool {
-    let Some(p) = c.node(primary).await else {
-        return false;
-    };
-    let q = format!("SELECT state FROM pg_stat_replication WHERE application_name = '{standby}'");
-    matches!(query(&p, &q).await, Ok(rows) if rows.first().and_then(|r| r[0].as_deref()) == Some("streaming"))
-}
-
 async fn metrics(c: &Cluster) -> String {
     c.http("/metrics").await.1
 }
@@ -76,7 +68,7 @@ async fn killed_primary_is_fenced_and_best_standby_takes_over() {
         Duration::from_secs(10),
         || {
             let (c, new) = (&c, &new);
-            async move { streams_from(c, new, other).await.then_some(()) }
+            async move { c.streams_from(new, other).await.then_some(()) }
         },
     )
     .await;
@@ -142,7 +134,7 @@ async fn most_advanced_standby_wins() {
     query(&pg1, "SELECT pg_reload_conf()").await.unwrap();
     wait_for("pg-1 stops streaming", Duration::from_secs(10), || {
         let c = &c;
-        async move { (!streams_from(c, "pg-0", "pg-1").await).then_some(()) }
+        async move { (!c.streams_from("pg-0", "pg-1").await).then_some(()) }
     })
     .await;
     for id in 1..=50 {
@@ -167,7 +159,7 @@ async fn most_advanced_standby_wins() {
         || {
             let c = &c;
             async move {
-                if !streams_from(c, "pg-2", "pg-1").await {
+                if !c.streams_from("pg-2", "pg-1").await {
                     return None;
                 }
                 let pg1 = c.node("pg-1").await?;
@@ -315,7 +307,7 @@ async fn two_failovers_in_a_row() {
         Duration::from_secs(15),
         || {
             let (c, first) = (&c, &first);
-            async move { streams_from(c, first, last).await.then_some(()) }
+            async move { c.streams_from(first, last).await.then_some(()) }
         },
     )
     .await;

@@ -22,16 +22,6 @@ async fn ready(name: &str, extra: &[(&str, &str)]) -> Cluster {
     c
 }
 
-async fn count_on(c: &Cluster, node: &str, sql: &str) -> Option<String> {
-    let client = c.node(node).await?;
-    query(&client, sql).await.ok()?.first()?.first()?.clone()
-}
-
-async fn streams_from(c: &Cluster, primary: &str, standby: &str) -> bool {
-    let q = format!("SELECT state FROM pg_stat_replication WHERE application_name = '{standby}'");
-    count_on(c, primary, &q).await.as_deref() == Some("streaming")
-}
-
 async fn metrics(c: &Cluster) -> String {
     c.http("/metrics").await.1
 }
@@ -56,28 +46,6 @@ async fn stop_standby(c: &Cluster, node: &str) {
     .await;
 }
 
-/// Waits until `node` streams from `primary`, pgpool has it up, and it holds `rows` rows.
-async fn wait_rejoined(c: &Cluster, primary: &str, node: &str, rows: i64, limit: Duration) {
-    wait_for(
-        &format!("{node} streaming, attached, {rows} rows"),
-        limit,
-        || async move {
-            if !streams_from(c, primary, node).await {
-                return None;
-            }
-            let pool = c.pgpool().await?;
-            let id = node.trim_start_matches("pg-");
-            let up = pool_nodes(&pool)
-                .await
-                .iter()
-                .any(|(i, s, _)| i == id && s == "up");
-            let n = count_on(c, node, "SELECT count(*) FROM acked").await?;
-            (up && n == rows.to_string()).then_some(())
-        },
-    )
-    .await;
-}
-
 #[tokio::test]
 async fn failed_standby_comes_back_and_is_reattached_with_the_writes_it_missed() {
     let c = ready("stbyback", &[]).await;
@@ -88,7 +56,8 @@ async fn failed_standby_comes_back_and_is_reattached_with_the_writes_it_missed()
     }
     c.docker(&["start", &id]);
     let t = Instant::now();
-    wait_rejoined(&c, "pg-0", "pg-2", 100, Duration::from_secs(60)).await;
+    c.wait_rejoined("pg-0", "pg-2", 100, Duration::from_secs(60))
+        .await;
     eprintln!(
         "standby back, streaming and attached {:.2} s after its start",
         t.elapsed().as_secs_f64()
@@ -110,7 +79,7 @@ async fn diverge_and_kill_the_primary(c: &Cluster) -> String {
         "standbys stop streaming",
         Duration::from_secs(10),
         || async {
-            (!streams_from(c, "pg-0", "pg-1").await && !streams_from(c, "pg-0", "pg-2").await)
+            (!c.streams_from("pg-0", "pg-1").await && !c.streams_from("pg-0", "pg-2").await)
                 .then_some(())
         },
     )
@@ -147,9 +116,7 @@ async fn killed_primary_with_more_wal_since_its_checkpoint_than_wal_keep_size_is
     )
     .await
     .unwrap();
-    let since = count_on(
-        &c,
-        "pg-0",
+    let since = c.value_on("pg-0",
         "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), redo_lsn)::bigint FROM pg_control_checkpoint()",
     )
     .await
@@ -161,9 +128,7 @@ async fn killed_primary_with_more_wal_since_its_checkpoint_than_wal_keep_size_is
         "both standbys replay the filler",
         Duration::from_secs(60),
         || async {
-            let n = count_on(
-                &c,
-                "pg-0",
+            let n = c.value_on("pg-0",
                 "SELECT count(*) FROM pg_stat_replication WHERE replay_lsn >= pg_current_wal_lsn()",
             )
             .await?;
@@ -176,9 +141,10 @@ async fn killed_primary_with_more_wal_since_its_checkpoint_than_wal_keep_size_is
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["method"], "rewind", "{body}");
     eprintln!("old primary with {since} bytes of WAL since its checkpoint: {body}");
-    wait_rejoined(&c, &new, "pg-0", 1, Duration::from_secs(60)).await;
+    c.wait_rejoined(&new, "pg-0", 1, Duration::from_secs(60))
+        .await;
     assert_eq!(
-        count_on(&c, "pg-0", "SELECT count(*) FROM shared_filler")
+        c.value_on("pg-0", "SELECT count(*) FROM shared_filler")
             .await
             .as_deref(),
         Some("300000")
@@ -194,18 +160,21 @@ async fn failed_primary_is_rewound_into_a_standby_and_loses_only_its_unreplicate
     }
     // The old primary comes back by itself (auto-rejoin) as a standby of the new primary.
     let t = Instant::now();
-    wait_rejoined(&c, &new, "pg-0", 20, Duration::from_secs(120)).await;
+    c.wait_rejoined(&new, "pg-0", 20, Duration::from_secs(120))
+        .await;
     eprintln!(
         "old primary rewound and attached {:.2} s after the writes",
         t.elapsed().as_secs_f64()
     );
-    let tail = count_on(&c, "pg-0", "SELECT count(*) FROM acked WHERE id > 900000").await;
+    let tail = c
+        .value_on("pg-0", "SELECT count(*) FROM acked WHERE id > 900000")
+        .await;
     assert_eq!(
         tail.as_deref(),
         Some("0"),
         "the un-replicated tail survived"
     );
-    let rec = count_on(&c, "pg-0", "SELECT pg_is_in_recovery()").await;
+    let rec = c.value_on("pg-0", "SELECT pg_is_in_recovery()").await;
     assert_eq!(rec.as_deref(), Some("t"));
     // The slots moved with the primary: every standby streams through its slot on the new one,
     // and the old primary no longer keeps the slots it held as primary.
@@ -218,12 +187,12 @@ async fn failed_primary_is_rewound_into_a_standby_and_loses_only_its_unreplicate
         )
         .await;
     }
-    let stale = count_on(
-        &c,
-        "pg-0",
-        "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'sidecar%'",
-    )
-    .await;
+    let stale = c
+        .value_on(
+            "pg-0",
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'sidecar%'",
+        )
+        .await;
     assert_eq!(
         stale.as_deref(),
         Some("0"),
@@ -298,7 +267,8 @@ async fn impossible_rewind_falls_back_to_rebuild_on_request() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["method"], "rebuild", "{body}");
     eprintln!("recover after impossible rewind: {body}");
-    wait_rejoined(&c, &new, "pg-0", 1, Duration::from_secs(60)).await;
+    c.wait_rejoined(&new, "pg-0", 1, Duration::from_secs(60))
+        .await;
     let m = metrics(&c).await;
     assert_eq!(
         metric(
@@ -361,7 +331,8 @@ async fn job_killed_mid_rebuild_leaves_node_detached_and_next_attempt_succeeds()
         .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["method"], "rebuild");
-    wait_rejoined(&c, "pg-0", "pg-2", 0, Duration::from_secs(60)).await;
+    c.wait_rejoined("pg-0", "pg-2", 0, Duration::from_secs(60))
+        .await;
     let m = metrics(&c).await;
     assert_eq!(
         metric(
@@ -380,7 +351,8 @@ async fn removed_container_and_removed_volume_come_back_as_the_same_service() {
     }
     let old = c.container("pg-2");
     c.docker(&["rm", "-f", &old]);
-    wait_rejoined(&c, "pg-0", "pg-2", 10, Duration::from_secs(90)).await;
+    c.wait_rejoined("pg-0", "pg-2", 10, Duration::from_secs(90))
+        .await;
     let new = c.container_any("pg-2");
     assert!(!new.is_empty() && new != old, "pg-2 was not recreated");
     assert_eq!(
@@ -396,7 +368,8 @@ async fn removed_container_and_removed_volume_come_back_as_the_same_service() {
     c.docker(&["rm", "-f", &old]);
     let (code, _, err) = c.docker(&["volume", "rm", &format!("{}_pg1data", c.project)]);
     assert_eq!(code, 0, "{err}");
-    wait_rejoined(&c, "pg-0", "pg-1", 10, Duration::from_secs(120)).await;
+    c.wait_rejoined("pg-0", "pg-1", 10, Duration::from_secs(120))
+        .await;
     let m = metrics(&c).await;
     assert!(
         metric(
@@ -434,13 +407,16 @@ async fn switchover_loses_no_acknowledged_commit() {
     let p = c.node("pg-1").await.unwrap();
     let lost = lost_on(&p, &acked).await;
     assert!(lost.is_empty(), "acknowledged ids lost: {lost:?}");
-    let total = count_on(&c, "pg-1", "SELECT count(*) FROM acked")
+    let total = c
+        .value_on("pg-1", "SELECT count(*) FROM acked")
         .await
         .and_then(|n| n.parse::<i64>().ok())
         .expect("row count on the new primary");
 
-    wait_rejoined(&c, "pg-1", "pg-0", total, Duration::from_secs(60)).await;
-    wait_rejoined(&c, "pg-1", "pg-2", total, Duration::from_secs(60)).await;
+    c.wait_rejoined("pg-1", "pg-0", total, Duration::from_secs(60))
+        .await;
+    c.wait_rejoined("pg-1", "pg-2", total, Duration::from_secs(60))
+        .await;
     let m = metrics(&c).await;
     assert_eq!(
         metric(&m, "pgpool_sidecar_switchovers_total{result=\"success\"}"),
@@ -475,7 +451,7 @@ async fn failback_restores_the_preferred_primary() {
     })
     .await;
     for s in ["pg-1", "pg-2"] {
-        wait_rejoined(&c, "pg-0", s, 2, Duration::from_secs(60)).await;
+        c.wait_rejoined("pg-0", s, 2, Duration::from_secs(60)).await;
     }
 }
 
@@ -607,13 +583,14 @@ async fn recover_returning_standby(c: &Cluster, method: &str, what: &str) {
     let (status, body) = c.post("/nodes/pg-2/recover", Some(API_TOKEN)).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["method"], method, "{body}");
-    wait_rejoined(c, "pg-0", "pg-2", 50, Duration::from_secs(60)).await;
+    c.wait_rejoined("pg-0", "pg-2", 50, Duration::from_secs(60))
+        .await;
     eprintln!(
         "standby away for 100 MB of WAL, {what}: streaming and attached in {:.2} s: {body}",
         t.elapsed().as_secs_f64()
     );
     assert_eq!(
-        count_on(c, "pg-2", "SELECT count(*) FROM filler")
+        c.value_on("pg-2", "SELECT count(*) FROM filler")
             .await
             .as_deref(),
         Some("100000")
@@ -726,7 +703,7 @@ async fn standby_away_past_the_slot_guard_is_rebuilt() {
         "the sidecar sets the guard on the primary",
         Duration::from_secs(10),
         || async {
-            count_on(&c, "pg-0", "SHOW max_slot_wal_keep_size")
+            c.value_on("pg-0", "SHOW max_slot_wal_keep_size")
                 .await
                 .filter(|v| v == "32MB")
         },

@@ -477,6 +477,42 @@ impl Cluster {
         );
     }
 
+    /// The first column of the first row of `sql` on `node` (directly, not through pgpool).
+    pub async fn value_on(&self, node: &str, sql: &str) -> Option<String> {
+        let client = self.node(node).await?;
+        query(&client, sql).await.ok()?.first()?.first()?.clone()
+    }
+
+    /// Whether `primary` shows `standby` streaming from it.
+    pub async fn streams_from(&self, primary: &str, standby: &str) -> bool {
+        let q =
+            format!("SELECT state FROM pg_stat_replication WHERE application_name = '{standby}'");
+        self.value_on(primary, &q).await.as_deref() == Some("streaming")
+    }
+
+    /// Waits until `node` streams from `primary`, pgpool has it up as a standby, and its
+    /// `acked` table holds `rows` rows.
+    pub async fn wait_rejoined(&self, primary: &str, node: &str, rows: i64, limit: Duration) {
+        wait_for(
+            &format!("{node} streaming from {primary}, attached, {rows} rows"),
+            limit,
+            || async move {
+                if !self.streams_from(primary, node).await {
+                    return None;
+                }
+                let pool = self.pgpool().await?;
+                let id = node.trim_start_matches("pg-");
+                let up = pool_nodes(&pool)
+                    .await
+                    .iter()
+                    .any(|(i, s, r)| i == id && s == "up" && r == "standby");
+                let n = self.value_on(node, "SELECT count(*) FROM acked").await?;
+                (up && n == rows.to_string()).then_some(())
+            },
+        )
+        .await;
+    }
+
     /// One INSERT through pgpool on a fresh connection; Ok when acknowledged.
     pub async fn write_once(&self, id: i64) -> Result<(), String> {
         let c = self.pgpool().await.ok_or("no connection")?;
