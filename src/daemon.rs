@@ -198,6 +198,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         paths,
         pgpool_version,
         state: Mutex::new(State::default()),
+        journal: crate::journal::Journal::new(cfg.state_path.clone()),
         sessions: (0..cfg.nodes.len())
             .map(|i| tokio::sync::Mutex::new(Session::new(node_endpoint(&cfg, i))))
             .collect(),
@@ -210,6 +211,8 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         cfg,
     });
 
+    // What the last run knew, before anything can change (and write over) the state.
+    crate::startup::load(&ctx);
     // A job left by a crashed sidecar would otherwise run on beside the one this sidecar may
     // start on the same volume: none may exist before the first pass.
     remove_jobs(&ctx, "start").await;
@@ -230,6 +233,9 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     let stop = wait_for_stop(wait_for_signal(), &ctx.cancel).await?;
     tracing::info!(reason = ?stop, "shutting down");
     ctx.cancel.cancel();
+    if stop == Stop::Signal {
+        forget_stack_stops(&ctx).await;
+    }
     // Cancelled recovery tasks drop their jobs' futures, not the containers.
     remove_jobs(&ctx, "shutdown").await;
     ctx.tracker.close();
@@ -288,6 +294,53 @@ fn warn_if_docker_socket_open_to(owner: crate::pgpool::conf::Owner) {
         );
     }
 }
+
+/// Nodes seen stopping just before this orderly shutdown were stopped with the whole stack (a
+/// host reboot, `docker-compose stop`) if every other node goes down too, within a few seconds:
+/// then they are forgotten, so the stack comes back whole (see
+/// [`crate::cluster::restart::stops_kept_at_shutdown`]).
+async fn forget_stack_stops(ctx: &Ctx) {
+    use crate::cluster::restart::{stops_kept_at_shutdown, STACK_STOP_WINDOW};
+    let recent = ctx.with_state(|s| {
+        let now = crate::state::unix_now();
+        s.stopped
+            .values()
+            .any(|at| now - at <= STACK_STOP_WINDOW.as_secs_f64())
+    });
+    if !recent {
+        return;
+    }
+    let deadline = std::time::Instant::now() + STACK_DOWN_WAIT;
+    let stack_down = loop {
+        let fenced = ctx.with_state(|s| s.fenced.clone());
+        let found =
+            futures_util::future::join_all(ctx.cfg.nodes.iter().map(|n| ctx.docker.find(&n.host)))
+                .await;
+        let down = found.iter().enumerate().all(|(i, f)| {
+            fenced.contains(&i)
+                || matches!(f, Ok(None))
+                || matches!(f, Ok(Some(c)) if !c.status.is_up())
+        });
+        if down || std::time::Instant::now() > deadline {
+            break down;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let now = crate::state::unix_now();
+    let forgotten: Vec<String> = ctx.with_state(|s| {
+        let kept = stops_kept_at_shutdown(&s.stopped, now, stack_down);
+        let gone = s.stopped.keys().filter(|n| !kept.contains_key(n));
+        let gone = gone.map(|n| ctx.node_name(*n).to_string()).collect();
+        s.stopped = kept;
+        gone
+    });
+    if !forgotten.is_empty() {
+        tracing::info!(nodes = ?forgotten, "nodes stopped just before this shutdown went down with the whole stack; they will be started again");
+    }
+}
+
+/// How long a shutdown waits to see whether the whole stack is going down.
+const STACK_DOWN_WAIT: Duration = Duration::from_secs(5);
 
 async fn remove_jobs(ctx: &Ctx, when: &str) {
     match ctx.docker.remove_all_jobs().await {

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::future::join_all;
 
+use crate::cluster::restart::{OpKind, Step};
 use crate::cluster::{choose_candidate, followers, NoCandidate};
 use crate::docker::{ContainerStatus, DockerError};
 use crate::postgres::PgError;
@@ -195,12 +196,27 @@ pub async fn failover(
 
 async fn run(ctx: &Arc<Ctx>, old: usize) -> Result<usize, FailoverError> {
     // 1. Fence before anything can be promoted: two writable primaries must never coexist.
-    fence(ctx, old).await?;
+    //    Recorded first: a sidecar that dies after the kill must come back knowing it.
+    ctx.begin(old, OpKind::Failover, Step::Fencing);
     ctx.with_state(|s| {
         s.fenced.insert(old);
         s.node_state.insert(old, NodeState::Fenced);
     });
+    if let Err(e) = fence(ctx, old).await {
+        ctx.with_state(|s| {
+            s.fenced.remove(&old);
+            s.operations.remove(&old);
+        });
+        return Err(e);
+    }
+    ctx.begin(old, OpKind::Failover, Step::Promoting);
+    let result = elect(ctx, old).await;
+    ctx.end(old);
+    result
+}
 
+/// Steps 2-5 of a failover whose old primary is fenced.
+async fn elect(ctx: &Arc<Ctx>, old: usize) -> Result<usize, FailoverError> {
     // 2. Fresh positions of every standby, all at once.
     let timeout = ctx.probe_timeout();
     let others: Vec<usize> = (0..ctx.cfg.nodes.len()).filter(|&n| n != old).collect();
@@ -232,6 +248,7 @@ async fn run(ctx: &Arc<Ctx>, old: usize) -> Result<usize, FailoverError> {
         s.last_primary_lsn = None;
         s.node_state.insert(candidate, NodeState::Primary);
     });
+    tracing::info!(node = %cand_name, "promoted: the new primary takes writes");
 
     // Every standby's slot on the new primary before WAL of the new timeline can be recycled.
     crate::slots::on_promotion(ctx, candidate).await;

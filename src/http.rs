@@ -345,6 +345,11 @@ pub fn status(ctx: &Ctx) -> serde_json::Value {
                     "fenced": s.fenced.contains(&n.id),
                     "foreign": s.foreign.contains(&n.id),
                     "busy": s.busy.contains(&n.id),
+                    "intent": crate::cluster::restart::intent(
+                        s.fenced.contains(&n.id),
+                        s.stopped.contains_key(&n.id),
+                    ),
+                    "operation": s.operations.get(&n.id),
                     "replication_slot": s.slots.get(&n.id),
                 })
             })
@@ -358,6 +363,12 @@ pub fn status(ctx: &Ctx) -> serde_json::Value {
             "last_failover": s.last_failover,
             "last_refusal": s.last_refusal,
             "adoption": s.adoption,
+            "state_file": {
+                "path": ctx.journal.path().display().to_string(),
+                "at_start": s.state_file,
+            },
+            "remembered_primary": s.view.remembered_primary.map(|p| ctx.node_name(p).to_string()),
+            "resumed": s.resumed,
             "config": ctx.cfg.redacted(),
         })
     })

@@ -47,6 +47,10 @@ pub struct Metrics {
     pub slot_wal_status: IntGaugeVec,
     pub slot_actions: IntCounterVec,
     pub adoption_changes: IntCounterVec,
+    pub resumed_operations: IntCounterVec,
+    pub node_restarts: IntCounterVec,
+    pub state_file_write_failures: IntCounter,
+    pub node_stopped_on_purpose: IntGaugeVec,
 }
 
 /// What the sidecar may change on a plain primary it adopts (the `change` label).
@@ -319,6 +323,43 @@ impl Metrics {
                     &["change"]
                 )
             ),
+            resumed_operations: reg!(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        name("resumed_operations_total"),
+                        "Operations found in flight in the state file at start-up (cut short by a crash or restart of the sidecar) and finished or undone."
+                    ),
+                    &["operation"]
+                )
+            ),
+            node_restarts: reg!(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        name("node_restarts_total"),
+                        "Node containers started again by the sidecar because their process exited by itself (crash, OOM, SIGKILL by PID), or at start-up because nobody stopped them on purpose."
+                    ),
+                    &["node", "reason"]
+                )
+            ),
+            state_file_write_failures: reg!(
+                r,
+                IntCounter::new(
+                    name("state_file_write_failures_total"),
+                    "Failed writes of the state file: while this grows, a restart of the sidecar forgets fenced nodes and operations in flight."
+                )
+            ),
+            node_stopped_on_purpose: reg!(
+                r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        name("node_stopped_on_purpose"),
+                        "1 while a node stays down because an operator stopped it through the Docker API (persisted across restarts)."
+                    ),
+                    &["node"]
+                )
+            ),
             registry: r,
         };
         #[cfg(target_os = "linux")]
@@ -358,6 +399,17 @@ impl Metrics {
                 m.slot_wal_status
                     .with_label_values(&[n, st])
                     .set((st == "missing") as i64);
+            }
+        }
+        for op in crate::cluster::restart::OpKind::ALL {
+            m.resumed_operations.with_label_values(&[op.as_str()]);
+        }
+        for n in &nodes {
+            m.node_stopped_on_purpose
+                .with_label_values(&[n.as_str()])
+                .set(0);
+            for reason in ["died", "startup"] {
+                m.node_restarts.with_label_values(&[n.as_str(), reason]);
             }
         }
         for change in ADOPTION_CHANGES {

@@ -13,6 +13,7 @@ use std::time::Duration;
 use futures_util::future::join_all;
 use futures_util::StreamExt;
 
+use crate::cluster::restart::{classify_exit, is_stop_signal, next_restart_backoff, Exit};
 use crate::cluster::{
     decide, event_response, failback_may_start, next_recovery_backoff, Action, ClusterView,
     EventFacts, EventResponse, NodeView,
@@ -52,6 +53,8 @@ impl Probes {
 }
 
 pub async fn run(ctx: Arc<Ctx>) {
+    // A reboot or a crash left nodes stopped: the ones nobody stopped on purpose start first.
+    crate::startup::run(&ctx).await;
     let mut probes = Probes::new(&ctx);
     let mut tick = tokio::time::interval(ctx.cfg.probe_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -79,6 +82,7 @@ pub async fn run(ctx: Arc<Ctx>) {
         for action in plan {
             act(&ctx, action, view.generation).await;
         }
+        ensure_pgpool(&ctx);
         ensure_synchronous(&ctx, &mut probes).await;
         keep_slots(&ctx, &mut probes, &view).await;
         crate::adopt::maybe_spawn(&ctx, &view);
@@ -201,12 +205,16 @@ async fn observe(ctx: &Arc<Ctx>, probes: &mut Probes) -> Option<ClusterView> {
                     .and_then(|r| r.get(ctx.node_name(i)))
                     .map(|r| r.replay_lag_bytes),
                 container_id,
+                stopped_on_purpose: s.stopped.contains_key(&i),
+                died: s.died.contains(&i),
+                redo: s.resume.get(&i).copied(),
             });
         }
         if let Some(p) = primary {
             if let Some(pg) = &nodes[p].pg {
                 if !pg.in_recovery {
                     s.last_primary_lsn = Some(pg.lsn);
+                    s.primary_timeline = Some(pg.timeline);
                 }
             }
         }
@@ -256,11 +264,38 @@ async fn act(ctx: &Arc<Ctx>, action: Action, generation: u64) {
                 return;
             }
             tracing::error!(node = %ctx.node_name(node), reason, "split brain: fencing the node");
-            if failover::fence(ctx, node).await.is_ok() {
-                ctx.with_state(|s| {
-                    s.fenced.insert(node);
-                    s.node_state.insert(node, NodeState::Fenced);
-                });
+            // Recorded before the kill, so its events are known to be ours (and a crash right
+            // after still finds it fenced).
+            ctx.with_state(|s| {
+                s.fenced.insert(node);
+                s.node_state.insert(node, NodeState::Fenced);
+            });
+            if failover::fence(ctx, node).await.is_err() {
+                ctx.with_state(|s| s.fenced.remove(&node));
+            }
+        }
+        Action::Start { node } => start_died(ctx, node).await,
+        Action::ResumeFailover { old } => {
+            // The remembered primary becomes the one failed over from: failover() acts only on
+            // the node it holds to be primary.
+            let claimed = ctx.with_state(|s| {
+                if s.view.primary.is_some() {
+                    return false;
+                }
+                s.view.primary = Some(old);
+                s.generation += 1;
+                true
+            });
+            if claimed {
+                tracing::warn!(node = %ctx.node_name(old), "the remembered primary is fenced or gone and no node takes writes: finishing its failover");
+                let _ = failover::failover(
+                    ctx,
+                    old,
+                    "restart",
+                    "remembered primary fenced or gone at start-up",
+                    false,
+                )
+                .await;
             }
         }
         Action::Attach { node } => match ctx.pgpool.attach(node, Duration::from_secs(3)).await {
@@ -389,16 +424,40 @@ fn spawn_recovery(ctx: &Arc<Ctx>, node: usize, force_rebuild: bool, reason: Stri
     });
 }
 
-/// Takes `node` as primary; the first time, starts pgpool with only verified nodes up.
+/// Takes `node` as primary.
 fn adopt_primary(ctx: &Arc<Ctx>, node: usize) {
-    let start_pgpool = ctx.with_state(|s| {
+    let (remembered, before, now) = ctx.with_state(|s| {
+        let before = s.view.system_identifier;
         s.view.primary = Some(node);
         s.view.system_identifier = s.view.nodes[node].pg.as_ref().map(|p| p.system_identifier);
         s.node_state.insert(node, NodeState::Primary);
-        !std::mem::replace(&mut s.pgpool_started, true)
+        s.generation += 1;
+        (
+            s.view.remembered_primary.take(),
+            before,
+            s.view.system_identifier,
+        )
     });
-    ctx.with_state(|s| s.generation += 1);
-    tracing::info!(node = %ctx.node_name(node), "primary adopted");
+    if before.is_some() && before != now {
+        tracing::warn!(
+            remembered = ?before,
+            found = ?now,
+            "the primary's system identifier is not the one the state file remembers: a new cluster on the same volumes"
+        );
+    }
+    tracing::info!(
+        node = %ctx.node_name(node),
+        remembered = ?remembered.map(|r| ctx.node_name(r)),
+        "primary adopted"
+    );
+}
+
+/// Once a primary is known (adopted, or elected by a resumed failover), pgpool starts, with only
+/// verified nodes up.
+fn ensure_pgpool(ctx: &Arc<Ctx>) {
+    let start_pgpool = ctx.with_state(|s| {
+        s.view.primary.is_some() && !std::mem::replace(&mut s.pgpool_started, true)
+    });
     if start_pgpool {
         let c = ctx.clone();
         let nodes_up = Arc::new(move || verified_up(&c));
@@ -412,6 +471,46 @@ fn adopt_primary(ctx: &Arc<Ctx>, node: usize) {
             "pgpool-supervisor",
             pgpool::supervisor::supervise(paths, reaper, nodes_up, restarts, cancel),
         );
+    }
+}
+
+/// Starts again a standby whose process exited by itself, with back-off: a node that keeps
+/// dying is not started in a tight loop.
+async fn start_died(ctx: &Arc<Ctx>, node: usize) {
+    let now = std::time::Instant::now();
+    let due = ctx.with_state(|s| {
+        s.restart_backoff
+            .get(&node)
+            .is_none_or(|(not_before, _)| now >= *not_before)
+    });
+    if !due {
+        return;
+    }
+    let name = ctx.node_name(node).to_string();
+    let container = match ctx.docker.find(&name).await {
+        Ok(Some(c)) => c,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::warn!(node = %name, error = %e, "cannot inspect the node to start it");
+            return;
+        }
+    };
+    ctx.with_state(|s| {
+        let delay = next_restart_backoff(s.restart_backoff.get(&node).map(|(_, d)| *d));
+        s.restart_backoff.insert(node, (now + delay, delay));
+        s.died.remove(&node);
+    });
+    tracing::warn!(node = %name, "standby's process exited by itself (no stop through the Docker API): starting it again");
+    match ctx.docker.start(&container).await {
+        Ok(()) => ctx
+            .metrics
+            .node_restarts
+            .with_label_values(&[&node.to_string(), "died"])
+            .inc(),
+        Err(e) => {
+            tracing::error!(node = %name, error = %e, "cannot start the node; trying again later");
+            ctx.with_state(|s| s.died.insert(node));
+        }
     }
 }
 
@@ -470,6 +569,9 @@ fn record(ctx: &Ctx) {
             m.node_foreign
                 .with_label_values(&[id])
                 .set(s.foreign.contains(&n.id) as i64);
+            m.node_stopped_on_purpose
+                .with_label_values(&[id])
+                .set(s.stopped.contains_key(&n.id) as i64);
             let slot = s.slots.get(&n.id);
             let slot_status = match slot {
                 _ if Some(n.id) == s.view.primary => "",
@@ -506,6 +608,17 @@ fn record(ctx: &Ctx) {
             }
         }
         m.primaries.set(primaries);
+        // A node that streams again has stopped dying: its next death starts a fresh back-off.
+        let streaming: Vec<usize> = s
+            .view
+            .nodes
+            .iter()
+            .filter(|n| n.streaming_from_primary)
+            .map(|n| n.id)
+            .collect();
+        for n in streaming {
+            s.restart_backoff.remove(&n);
+        }
     });
 }
 
@@ -543,7 +656,60 @@ pub async fn watch_events(ctx: Arc<Ctx>) {
     }
 }
 
+/// What an event says about a standby's intended state: a stop through the API is an operator's
+/// decision (persisted); a death without one is a crash to undo; a start clears both.
+fn note_intent(ctx: &Ctx, ev: &crate::docker::ContainerEvent) {
+    if ev.oneoff {
+        return;
+    }
+    let noted = ctx.with_state(|s| {
+        let node = s
+            .view
+            .nodes
+            .iter()
+            .find(|n| n.container_id.as_deref() == Some(ev.id.as_str()))
+            .map(|n| n.id)?;
+        // The sidecar's own stops (fence, recovery, switchover) are of busy or fenced nodes; a
+        // primary's death is a failover's business.
+        let ours = s.busy.contains(&node) || s.fenced.contains(&node);
+        let primary = s.view.primary == Some(node);
+        match ev.action.as_str() {
+            "start" => {
+                let was = s.stopped.remove(&node).is_some();
+                s.died.remove(&node);
+                was.then_some((node, "started again: no longer stopped on purpose"))
+            }
+            "kill" if !ours && !primary && is_stop_signal(ev.signal.as_deref()) => s
+                .stopped
+                .insert(node, crate::state::unix_now())
+                .is_none()
+                .then_some((
+                    node,
+                    "stopped through the Docker API: it stays down until started again",
+                )),
+            "die" | "oom" if !ours && !primary => {
+                match classify_exit(&ev.action, s.stopped.contains_key(&node)) {
+                    Exit::OnPurpose => None,
+                    Exit::ByItself => {
+                        s.stopped.remove(&node);
+                        s.died.insert(node);
+                        Some((
+                            node,
+                            "its process exited by itself: it will be started again",
+                        ))
+                    }
+                }
+            }
+            _ => None,
+        }
+    });
+    if let Some((node, what)) = noted {
+        tracing::warn!(node = %ctx.node_name(node), event = %ev.action, "{what}");
+    }
+}
+
 async fn handle_event(ctx: &Arc<Ctx>, ev: &crate::docker::ContainerEvent) {
+    note_intent(ctx, ev);
     let facts = EventFacts {
         container_id: ev.id.clone(),
         oneoff: ev.oneoff,

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::cluster::restart::{OpKind, Operation, Step};
 use crate::cluster::{
     control_file_rewindable, may_attach_as_is, rewind_ruled_out, rewrite_rungs, DataIdentity,
     RecoveryFacts,
@@ -70,6 +71,8 @@ printf '%s\n' "$control" | sed -n 's/^Database system identifier: *//p' | sed 's
 printf '%s\n' "$control" | sed -n 's/^Database cluster state: *//p' | sed 's/^/state=/'
 printf '%s\n' "$control" | sed -n 's/^wal_log_hints setting: *//p' | sed 's/^/wal_log_hints=/'
 printf '%s\n' "$control" | sed -n 's/^Data page checksum version: *//p' | sed 's/^/checksums=/'
+printf '%s\n' "$control" | sed -n "s/^Latest checkpoint's TimeLineID: *//p" | sed 's/^/timeline=/'
+printf '%s\n' "$control" | sed -n 's/^Latest checkpoint location: *//p' | sed 's/^/checkpoint=/'
 "#;
 
 /// What [`IDENTIFY_SCRIPT`] found.
@@ -79,6 +82,10 @@ pub struct ControlData {
     pub sysid: String,
     /// pg_rewind may rewind it (see [`control_file_rewindable`]).
     pub rewindable: bool,
+    /// `Database cluster state`, the latest checkpoint's timeline and location.
+    pub cluster_state: Option<String>,
+    pub timeline: Option<u32>,
+    pub checkpoint_lsn: Option<u64>,
 }
 
 pub fn parse_control_data(out: &str) -> ControlData {
@@ -90,6 +97,9 @@ pub fn parse_control_data(out: &str) -> ControlData {
     ControlData {
         sysid: value("sysid=").unwrap_or("unknown").to_string(),
         rewindable: control_file_rewindable(value("wal_log_hints="), value("checksums=")),
+        cluster_state: value("state=").map(str::to_string),
+        timeline: value("timeline=").and_then(|t| t.parse().ok()),
+        checkpoint_lsn: value("checkpoint=").and_then(crate::postgres::parse_lsn),
     }
 }
 
@@ -172,7 +182,27 @@ pub async fn recover(
     };
     let started = Instant::now();
     tracing::warn!(node = %name, reason, force_rebuild, "recovering node");
+    // Recorded until it succeeds: a crash (or a failure) part-way leaves it for the next start,
+    // which runs it again rather than starting half-rewritten data.
+    ctx.with_state(|s| {
+        s.resume.remove(&node);
+        // Asking for a recovery is starting it again on purpose.
+        s.stopped.remove(&node);
+        s.operations.entry(node).or_insert(Operation {
+            kind: if force_rebuild {
+                OpKind::Rebuild
+            } else {
+                OpKind::Rejoin
+            },
+            step: Step::Attaching,
+            since_unix: crate::state::unix_now(),
+        });
+    });
     let result = ladder(ctx, node, force_rebuild).await;
+    let rewritten = matches!(&result, Err((Some(Method::Rewind | Method::Rebuild), _)));
+    if !rewritten {
+        ctx.end(node);
+    }
     let seconds = started.elapsed().as_secs_f64();
     let node_label = node.to_string();
     // Counted under the rung that ran last; a failure before any rung started (no primary,
@@ -351,9 +381,16 @@ async fn ladder(
     }
     let mut last_error = None;
     for rung in rungs {
+        tracing::info!(node = %name, "recovery rung {}: starting its job", rung.as_str());
         let result = match rung {
-            Method::Rewind => rewind(ctx, node, primary, &container).await,
-            Method::Rebuild => rebuild(ctx, node, primary, &container).await,
+            Method::Rewind => {
+                ctx.begin(node, OpKind::Rewind, Step::Job);
+                rewind(ctx, node, primary, &container).await
+            }
+            Method::Rebuild => {
+                ctx.begin(node, OpKind::Rebuild, Step::Job);
+                rebuild(ctx, node, primary, &container).await
+            }
             Method::Attach => rejoin_as_is(ctx, node, &container).await,
         };
         match result {
@@ -429,7 +466,7 @@ async fn rejoin_as_is(
 }
 
 /// The node's control data, read offline in a job container.
-async fn identify(ctx: &Ctx, container: &ContainerInfo) -> Result<ControlData, RecoveryError> {
+pub async fn identify(ctx: &Ctx, container: &ContainerInfo) -> Result<ControlData, RecoveryError> {
     let out = ctx
         .docker
         .run_job(
@@ -673,19 +710,32 @@ mod tests {
             parse_control_data(official),
             ControlData {
                 sysid: "7300000000000000001".into(),
-                rewindable: false
+                rewindable: false,
+                cluster_state: Some("shut down".into()),
+                timeline: None,
+                checkpoint_lsn: None,
             }
         );
         let pg18 =
-            "sysid=7300000000000000001\nstate=in production\nwal_log_hints=off\nchecksums=1\n";
-        assert!(parse_control_data(pg18).rewindable);
+            "sysid=7300000000000000001\nstate=in production\nwal_log_hints=off\nchecksums=1\n\
+                    timeline=3\ncheckpoint=0/5000060\n";
+        let pg18 = parse_control_data(pg18);
+        assert!(pg18.rewindable);
+        assert_eq!(pg18.cluster_state.as_deref(), Some("in production"));
+        assert_eq!(
+            (pg18.timeline, pg18.checkpoint_lsn),
+            (Some(3), Some(0x5000060))
+        );
         let hints = "sysid=1\nwal_log_hints=on\nchecksums=0\n";
         assert!(parse_control_data(hints).rewindable);
         assert_eq!(
             parse_control_data("sysid=empty\n"),
             ControlData {
                 sysid: "empty".into(),
-                rewindable: true
+                rewindable: true,
+                cluster_state: None,
+                timeline: None,
+                checkpoint_lsn: None,
             }
         );
         // An unreadable control file: unknown identity (never wiped), pg_rewind would judge.
@@ -693,7 +743,10 @@ mod tests {
             parse_control_data(""),
             ControlData {
                 sysid: "unknown".into(),
-                rewindable: true
+                rewindable: true,
+                cluster_state: None,
+                timeline: None,
+                checkpoint_lsn: None,
             }
         );
     }

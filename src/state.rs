@@ -13,6 +13,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::cluster::restart::{Operation, Persisted, Resume};
 use crate::cluster::ClusterView;
 use crate::config::Config;
 use crate::docker::DockerRuntime;
@@ -22,6 +23,14 @@ use crate::pgpool::control::{Pgpool, PoolNode};
 use crate::pgpool::version::PgpoolVersion;
 use crate::postgres::{Endpoint, ReplicaStat, Session};
 use crate::reaper::Reaper;
+
+/// Seconds since the epoch, as recorded in the state file and `/status`.
+pub fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or_default()
+}
 
 /// Where a node stands, for `/status`.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -45,6 +54,16 @@ pub struct FailoverRecord {
     pub seconds: f64,
     pub result: String,
     pub at_unix: f64,
+}
+
+/// An operation found in flight at start-up, and what was done about it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ResumedRecord {
+    pub node: String,
+    pub operation: crate::cluster::restart::OpKind,
+    pub step: crate::cluster::restart::Step,
+    pub resumed_as: Resume,
+    pub since_unix: f64,
 }
 
 #[derive(Debug, Default)]
@@ -78,6 +97,24 @@ pub struct State {
     pub last_pass: Option<std::time::Instant>,
     /// What the last adoption check of the primary found and changed (see [`crate::adopt`]).
     pub adoption: Option<crate::cluster::adopt::Adoption>,
+    /// Standbys an operator stopped or killed through the Docker API (unix seconds): they stay
+    /// down until started again or recovered. Persisted.
+    pub stopped: BTreeMap<usize, f64>,
+    /// Standbys whose process exited by itself: started again (with back-off). Not persisted: at
+    /// start-up every stopped node nobody stopped on purpose is started anyway.
+    pub died: BTreeSet<usize>,
+    /// Restart back-off per node that died by itself: not before this instant, and the delay.
+    pub restart_backoff: BTreeMap<usize, (std::time::Instant, Duration)>,
+    /// The operation in flight per node, with its step. Persisted.
+    pub operations: BTreeMap<usize, Operation>,
+    /// Recoveries found in flight at start-up, still to be run again.
+    pub resume: BTreeMap<usize, crate::cluster::Redo>,
+    /// What the start-up found in flight and how it was resumed, for `/status`.
+    pub resumed: Vec<ResumedRecord>,
+    /// The primary's timeline, as last seen. Persisted.
+    pub primary_timeline: Option<u32>,
+    /// What became of the state file at start-up, for `/status`.
+    pub state_file: String,
 }
 
 /// Everything a task needs; cloned as `Arc<Ctx>`.
@@ -90,6 +127,9 @@ pub struct Ctx {
     pub metrics: Metrics,
     pub reaper: Reaper,
     pub state: Mutex<State>,
+    /// The state file: every change of the state's persisted part is written before
+    /// [`Ctx::with_state`] returns.
+    pub journal: crate::journal::Journal,
     pub pgpool: Pgpool,
     /// Connections for actions (promote, re-point), separate from the probe loop's so a slow
     /// probe never delays a failover.
@@ -197,8 +237,69 @@ impl Ctx {
             .primary
     }
 
+    /// Runs `f` on the state; a change of its persisted part is on disk when this returns, so
+    /// a fence or a promotion is never acted on before it is recorded.
     pub fn with_state<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
-        f(&mut self.state.lock().unwrap_or_else(PoisonError::into_inner))
+        let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let out = f(&mut s);
+        let snapshot = self.persisted(&s);
+        if self.journal.save(&snapshot).is_err() {
+            self.metrics.state_file_write_failures.inc();
+        }
+        out
+    }
+
+    /// The part of `s` that must survive a restart, by node name.
+    pub fn persisted(&self, s: &State) -> Persisted {
+        let name = |n: &usize| self.node_name(*n).to_string();
+        Persisted {
+            version: crate::cluster::restart::STATE_VERSION,
+            system_identifier: s.view.system_identifier.map(|id| id.to_string()),
+            primary: s
+                .view
+                .primary
+                .or(s.view.remembered_primary)
+                .map(|p| name(&p)),
+            timeline: s.primary_timeline,
+            fenced: s.fenced.iter().map(name).collect(),
+            stopped: s
+                .stopped
+                .iter()
+                .filter(|(n, _)| !s.fenced.contains(n))
+                .map(|(n, at)| (name(n), *at))
+                .collect(),
+            operations: s.operations.iter().map(|(n, op)| (name(n), *op)).collect(),
+        }
+    }
+
+    /// Records that `node` is now in `kind` at `step` (persisted at once).
+    pub fn begin(
+        &self,
+        node: usize,
+        kind: crate::cluster::restart::OpKind,
+        step: crate::cluster::restart::Step,
+    ) {
+        let since_unix = unix_now();
+        self.with_state(|s| {
+            let since_unix = s
+                .operations
+                .get(&node)
+                .filter(|op| op.kind == kind)
+                .map_or(since_unix, |op| op.since_unix);
+            s.operations.insert(
+                node,
+                Operation {
+                    kind,
+                    step,
+                    since_unix,
+                },
+            );
+        });
+    }
+
+    /// The operation on `node` is over.
+    pub fn end(&self, node: usize) {
+        self.with_state(|s| s.operations.remove(&node));
     }
 
     /// Spawns a named, tracked task that does one job (a hook call, a recovery) and is dropped

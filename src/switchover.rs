@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::cluster::followers;
+use crate::cluster::restart::{OpKind, Step};
 use crate::docker::{ContainerInfo, DockerError};
 use crate::postgres::{parse_lsn, PgError};
 use crate::state::{BusyGuard, Ctx, NodeState};
@@ -88,6 +89,12 @@ fn pick_target(ctx: &Ctx, old: usize, to: Option<usize>) -> Result<usize, Switch
 /// which has every acknowledged commit, is started again as the primary. A target whose
 /// promotion failed half-way is fenced first, so two writable nodes never coexist.
 async fn restore_old_primary(ctx: &Ctx, old: &ContainerInfo, failed_target: Option<usize>) {
+    if let Some(o) = ctx.cfg.nodes.iter().position(|n| n.host == old.name) {
+        ctx.with_state(|s| {
+            s.fenced.remove(&o);
+            s.operations.remove(&o);
+        });
+    }
     if let Some(t) = failed_target {
         match failover::fence(ctx, t).await {
             Ok(()) => ctx.with_state(|s| {
@@ -174,6 +181,9 @@ async fn run(
         .ok_or_else(|| DockerError::NoContainer(old_name.clone()))?;
     // The old primary is ours until it is a standby again: no event or pass may act on it.
     let busy = BusyGuard::take(ctx, old).ok_or(SwitchoverError::Busy(old_name.clone()))?;
+    // Until the promotion starts, a crash undoes the switchover (the old primary has every
+    // commit and is started again); from then on it finishes it (see cluster::restart).
+    ctx.begin(old, OpKind::Switchover, Step::Stopping);
 
     // 1. Clean stop: on a fast shutdown the walsenders send everything up to the shutdown
     //    checkpoint before the server exits.
@@ -226,7 +236,10 @@ async fn run(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    // 4. Promote; the target is the primary from here on.
+    // 4. Promote; the target is the primary from here on. The old primary is fenced first: a
+    //    sidecar that dies during the promotion must not start it again beside the target.
+    ctx.begin(old, OpKind::Switchover, Step::Promoting);
+    ctx.with_state(|s| s.fenced.insert(old));
     let promoted = ctx.sessions[target]
         .lock()
         .await
@@ -245,6 +258,7 @@ async fn run(
         s.last_primary_lsn = None;
         s.node_state.insert(target, NodeState::Primary);
     });
+    ctx.begin(old, OpKind::Switchover, Step::Demoting);
     crate::slots::on_promotion(ctx, target).await;
     if ctx.cfg.synchronous_standbys > 0 {
         let value = ctx.synchronous_value(target);
@@ -268,10 +282,18 @@ async fn run(
     let rejoined = recovery::demote_cleanly_stopped(ctx, old, target, &container).await;
     // The ladder below takes the node busy itself.
     drop(busy);
+    // From here the ladder (or its success) owns the node's record.
     let rejoined_by = match rejoined {
-        Ok(()) => Some("attach".to_string()),
+        Ok(()) => {
+            ctx.with_state(|s| {
+                s.fenced.remove(&old);
+                s.operations.remove(&old);
+            });
+            Some("attach".to_string())
+        }
         Err(e) => {
             tracing::warn!(node = %old_name, error = %e, "old primary did not follow as is; recovery ladder");
+            ctx.with_state(|s| s.operations.remove(&old));
             recovery::recover(ctx, old, false, "after switchover")
                 .await
                 .ok()

@@ -577,6 +577,7 @@ mod tests {
             system_identifier: Some(SYSID),
             generation: 3,
             replication_seen: true,
+            remembered_primary: None,
         }
     }
 

@@ -6,6 +6,7 @@
 //! promoted, which node may be wiped and rebuilt, which may be attached to pgpool.
 
 pub mod adopt;
+pub mod restart;
 mod view;
 
 pub use view::*;
@@ -68,6 +69,11 @@ pub enum Action {
     ReportForeign { node: usize },
     /// The preferred primary is a healthy, caught-up standby: switch over back to it.
     Failback { to: usize },
+    /// A standby whose process exited by itself: start its container again (with back-off).
+    Start { node: usize },
+    /// Start-up found the remembered primary fenced or gone and no writable node: the failover
+    /// it was in (or that its death calls for) is finished from it.
+    ResumeFailover { old: usize },
 }
 
 /// Passes a reachable standby may go without streaming from the primary (it may be catching up
@@ -290,11 +296,13 @@ pub fn next_recovery_backoff(previous: Option<std::time::Duration>) -> std::time
         .unwrap_or(RECOVERY_BACKOFF_FIRST)
 }
 
-/// At start-up: which node is the primary. Among reachable writable nodes, the highest timeline
-/// wins (a node promoted by a failover beats an old primary restarted by hand); then the one the
-/// standbys follow; then the first configured node. While the first node's container is still
-/// starting, only a node with such evidence (a later timeline, or followers) may be taken: a
-/// fresh standby-to-be that merely finished its initdb first must not become the primary.
+/// At start-up: which node is the primary. Among reachable writable nodes that are not fenced
+/// (a fenced old primary never is, whatever it says), the highest timeline wins (a node promoted
+/// by a failover beats an old primary restarted by hand); then the primary the state file names;
+/// then the one the standbys follow; then the first configured node. While the first node's
+/// container is still starting, only a node with such evidence (the state file, a later
+/// timeline, or followers) may be taken: a fresh standby-to-be that merely finished its initdb
+/// first must not become the primary.
 pub fn initial_primary(view: &ClusterView) -> Option<usize> {
     let followers = |n: &NodeView| {
         view.nodes
@@ -306,21 +314,40 @@ pub fn initial_primary(view: &ClusterView) -> Option<usize> {
             })
             .count()
     };
+    let remembered = |n: &NodeView| view.remembered_primary == Some(n.id);
     let first_pending = view
         .nodes
         .first()
         .is_some_and(|f| f.pg.is_none() && !f.container_gone());
     view.nodes
         .iter()
+        .filter(|n| !n.fenced)
         .filter_map(|n| n.pg.as_ref().filter(|p| !p.in_recovery).map(|p| (n, p)))
-        .filter(|(n, p)| !first_pending || p.timeline > 1 || followers(n) > 0)
+        .filter(|(n, p)| !first_pending || remembered(n) || p.timeline > 1 || followers(n) > 0)
         .max_by(|(a, pa), (b, pb)| {
             pa.timeline
                 .cmp(&pb.timeline)
+                .then(remembered(a).cmp(&remembered(b)))
                 .then(followers(a).cmp(&followers(b)))
                 .then(b.id.cmp(&a.id))
         })
         .map(|(n, _)| n.id)
+}
+
+/// At start-up with no writable node to adopt: whether the remembered primary's failover must be
+/// finished now. Only when it is fenced (a failover or switchover was cut short) or its
+/// container is gone, and a standby of this cluster answers; a remembered primary that is merely
+/// still starting is waited for.
+pub fn failover_to_resume(view: &ClusterView) -> Option<usize> {
+    let r = view.remembered_primary?;
+    let n = view.nodes.get(r)?;
+    let standby_answers = view.nodes.iter().any(|s| {
+        s.id != r
+            && !s.fenced
+            && s.is_member(view.system_identifier)
+            && s.pg.as_ref().is_some_and(|p| p.in_recovery)
+    });
+    ((n.fenced || n.container_gone()) && standby_answers).then_some(r)
 }
 
 /// The standby to promote when `old` fails: highest WAL position; ties by priority, then the
@@ -381,6 +408,8 @@ pub fn decide(view: &ClusterView, policy: &Policy) -> Vec<Action> {
     let Some(primary) = view.primary else {
         if let Some(node) = initial_primary(view) {
             plan.push(Action::AdoptPrimary { node });
+        } else if let Some(old) = failover_to_resume(view) {
+            plan.push(Action::ResumeFailover { old });
         }
         return plan;
     };
@@ -407,6 +436,35 @@ pub fn decide(view: &ClusterView, policy: &Policy) -> Vec<Action> {
     }
     for n in view.nodes.iter().filter(|n| n.id != primary && !n.busy) {
         let serving = n.pool.is_some_and(|s| s.is_serving());
+        // Cut short by a restart of the sidecar: finished whatever auto_rejoin says (it was
+        // decided before the restart), and before anything else is judged on half-done data.
+        if let Some(redo) = n.redo.filter(|_| n.container.is_some()) {
+            plan.push(match redo {
+                Redo::Rebuild => Action::Rebuild {
+                    node: n.id,
+                    reason: "rebuild cut short by a restart of the sidecar".into(),
+                },
+                Redo::Recovery => Action::Rejoin {
+                    node: n.id,
+                    reason: "recovery cut short by a restart of the sidecar".into(),
+                },
+            });
+            continue;
+        }
+        // What an `on-failure` restart policy would do, which nodes cannot have: the sidecar
+        // owns their lifecycle, so it must never start a fenced one or one an operator stopped.
+        if n.died && n.container_gone() && !n.fenced && !n.stopped_on_purpose {
+            if n.container != Some(ContainerStatus::Missing) {
+                plan.push(Action::Start { node: n.id });
+            }
+            if serving {
+                plan.push(Action::Detach {
+                    node: n.id,
+                    reason: "standby's process exited".into(),
+                });
+            }
+            continue;
+        }
         if policy.auto_rejoin && n.fenced && n.container.is_some() {
             plan.push(Action::Rejoin {
                 node: n.id,
@@ -542,6 +600,7 @@ mod tests {
             system_identifier: Some(SYSID),
             generation: 0,
             replication_seen: true,
+            remembered_primary: None,
         }
     }
 
@@ -1084,6 +1143,160 @@ mod tests {
         assert_eq!(
             primary_failure(&v, &policy()),
             Some("container is Exited".into())
+        );
+    }
+
+    fn unadopted(nodes: Vec<NodeView>) -> ClusterView {
+        ClusterView {
+            primary: None,
+            ..cluster(nodes)
+        }
+    }
+
+    fn exited(mut n: NodeView) -> NodeView {
+        n.container = Some(ContainerStatus::Exited);
+        n.pg = None;
+        n.pool = Some(PoolStatus::Down);
+        n.streaming_from_primary = false;
+        n
+    }
+
+    #[test]
+    fn after_a_restart_the_remembered_primary_is_adopted_but_never_a_fenced_one() {
+        let mut p1 = primary(1, 100);
+        p1.pg.as_mut().unwrap().timeline = 2;
+        let mut s0 = standby(0, 100);
+        s0.pg.as_mut().unwrap().timeline = 2;
+        // pg-0 still starting: without the state file only evidence counts; the state's word is
+        // evidence.
+        let mut v = unadopted(vec![
+            NodeView {
+                pg: None,
+                ..s0.clone()
+            },
+            p1.clone(),
+        ]);
+        v.nodes[1].pg.as_mut().unwrap().timeline = 1;
+        assert_eq!(initial_primary(&v), None);
+        v.remembered_primary = Some(1);
+        assert_eq!(
+            decide(&v, &policy()),
+            vec![Action::AdoptPrimary { node: 1 }]
+        );
+        // A fenced old primary answering as writable (started by hand) is never adopted.
+        let mut old = primary(0, 500);
+        old.fenced = true;
+        let v = ClusterView {
+            remembered_primary: Some(0),
+            ..unadopted(vec![old, p1.clone()])
+        };
+        assert_eq!(initial_primary(&v), Some(1));
+        // Equal timelines: the remembered one before the first configured one.
+        let v = ClusterView {
+            remembered_primary: Some(1),
+            ..unadopted(vec![primary(0, 100), primary(1, 100)])
+        };
+        assert_eq!(initial_primary(&v), Some(1));
+    }
+
+    #[test]
+    fn a_failover_cut_short_is_finished_once_standbys_answer() {
+        let mut old = exited(primary(0, 100));
+        old.fenced = true;
+        let mut v = ClusterView {
+            remembered_primary: Some(0),
+            ..unadopted(vec![old, standby(1, 100), standby(2, 90)])
+        };
+        assert_eq!(
+            decide(&v, &policy()),
+            vec![Action::ResumeFailover { old: 0 }]
+        );
+        // The remembered primary's container is merely still starting: wait for it.
+        v.nodes[0].fenced = false;
+        v.nodes[0].container = Some(ContainerStatus::Running);
+        assert!(decide(&v, &policy()).is_empty());
+        // Gone (its start failed): fail over from it.
+        v.nodes[0].container = Some(ContainerStatus::Exited);
+        assert_eq!(
+            decide(&v, &policy()),
+            vec![Action::ResumeFailover { old: 0 }]
+        );
+        // No standby answers yet: nothing can be promoted.
+        v.nodes[1].pg = None;
+        v.nodes[2].pg = None;
+        assert!(decide(&v, &policy()).is_empty());
+        // Nothing remembered: never a failover from a guess.
+        let v = unadopted(vec![exited(primary(0, 1)), standby(1, 1)]);
+        assert!(decide(&v, &policy()).is_empty());
+    }
+
+    #[test]
+    fn a_standby_that_died_by_itself_is_started_again_one_stopped_on_purpose_is_not() {
+        let mut dead = exited(standby(2, 100));
+        dead.died = true;
+        let v = cluster(vec![primary(0, 100), standby(1, 100), dead.clone()]);
+        assert_eq!(decide(&v, &policy()), vec![Action::Start { node: 2 }]);
+        let mut serving = dead.clone();
+        serving.pool = Some(PoolStatus::Up);
+        let v = cluster(vec![primary(0, 100), standby(1, 100), serving]);
+        assert_eq!(
+            decide(&v, &policy()),
+            vec![
+                Action::Start { node: 2 },
+                Action::Detach {
+                    node: 2,
+                    reason: "standby's process exited".into()
+                }
+            ]
+        );
+        let mut on_purpose = dead.clone();
+        on_purpose.stopped_on_purpose = true;
+        let v = cluster(vec![primary(0, 100), standby(1, 100), on_purpose]);
+        assert!(decide(&v, &policy()).is_empty());
+        // A fenced node is the ladder's, never started as it is.
+        let mut fenced = dead.clone();
+        fenced.fenced = true;
+        let v = cluster(vec![primary(0, 100), standby(1, 100), fenced]);
+        assert_eq!(
+            decide(&v, &policy()),
+            vec![Action::Rejoin {
+                node: 2,
+                reason: "fenced old primary".into()
+            }]
+        );
+        // Not dead by itself (stopped, nothing seen): left alone, as before.
+        let v = cluster(vec![
+            primary(0, 100),
+            standby(1, 100),
+            exited(standby(2, 100)),
+        ]);
+        assert!(decide(&v, &policy()).is_empty());
+    }
+
+    #[test]
+    fn recoveries_cut_short_are_redone_even_without_auto_rejoin() {
+        let mut half = exited(standby(2, 100));
+        half.redo = Some(Redo::Rebuild);
+        let mut rewinding = exited(primary(1, 100));
+        rewinding.fenced = true;
+        rewinding.redo = Some(Redo::Recovery);
+        let v = cluster(vec![primary(0, 100), rewinding, half]);
+        let no_rejoin = Policy {
+            auto_rejoin: false,
+            ..policy()
+        };
+        assert_eq!(
+            decide(&v, &no_rejoin),
+            vec![
+                Action::Rejoin {
+                    node: 1,
+                    reason: "recovery cut short by a restart of the sidecar".into()
+                },
+                Action::Rebuild {
+                    node: 2,
+                    reason: "rebuild cut short by a restart of the sidecar".into()
+                }
+            ]
         );
     }
 }

@@ -107,6 +107,22 @@ pub struct NodeView {
     /// The id of the node's own container, as last inspected: Docker events of any other
     /// container (a `docker-compose run` of the same service, a job) are not about this node.
     pub container_id: Option<String>,
+    /// An operator stopped it through the Docker API: it stays down until started again.
+    pub stopped_on_purpose: bool,
+    /// Its process exited by itself (no stop request through the API): start it again.
+    pub died: bool,
+    /// A recovery of it was cut short by a restart of the sidecar: run it again.
+    pub redo: Option<Redo>,
+}
+
+/// A recovery found in flight at start-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Redo {
+    /// Through the whole ladder again.
+    Recovery,
+    /// A rebuild again: its data directory may be half copied.
+    Rebuild,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -121,6 +137,8 @@ pub struct ClusterView {
     /// The primary's `pg_stat_replication` was read in this pass: then it alone says who
     /// streams from the primary.
     pub replication_seen: bool,
+    /// The primary the state file named at start-up, until a primary is adopted.
+    pub remembered_primary: Option<usize>,
 }
 
 /// A Docker event, as the rules need it.

@@ -43,6 +43,8 @@ pub const ENV_PREFIX: &str = "PGPOOL_SIDECAR_";
 pub const PGPOOL_CONF_PREFIX: &str = "PGPOOL_CONF_";
 /// Where the daemon listens for pgpool's failover callbacks unless `HOOK_SOCKET` says otherwise.
 pub const DEFAULT_HOOK_SOCKET: &str = "/run/pgpool-sidecar/hook.sock";
+/// On the pgpool service's named volume in the compose file.
+pub const DEFAULT_STATE_FILE: &str = "/var/lib/pgpool-sidecar/state.json";
 /// Enough for a standby to be away through a restart or a short outage under moderate writes,
 /// small enough not to fill a modest volume.
 pub const DEFAULT_MAX_SLOT_WAL_KEEP_SIZE: u64 = 1 << 30;

@@ -198,6 +198,14 @@ pub(super) fn pcp_user(name: &str) -> Result<String, String> {
     }
 }
 
+pub(super) fn state_path(s: &str) -> Result<PathBuf, String> {
+    let path = PathBuf::from(s);
+    if !path.is_absolute() || path.file_name().is_none() {
+        return Err(format!("{s:?} must be an absolute path to a file"));
+    }
+    Ok(path)
+}
+
 pub(super) fn hook_socket(s: &str) -> Result<PathBuf, String> {
     // pgpool runs the hook from its own working directory; a relative path would point
     // somewhere else there.

@@ -23,6 +23,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::kinds::{self, Vars};
+use super::DEFAULT_STATE_FILE;
 use super::{cross, parse, redact, Checker, LogFormat, NodeAddr, Secret};
 use super::{DEFAULT_HOOK_SOCKET, DEFAULT_HTTP_PORT, DEFAULT_MAX_SLOT_WAL_KEEP_SIZE};
 use super::{DEFAULT_PCP_PORT, DEFAULT_PG_PORT};
@@ -206,6 +207,10 @@ settings! {
             value(parse::hook_socket, PathBuf::from(DEFAULT_HOOK_SOCKET));
         /// Longest a rewind/rebuild job container may run before it is given up.
         job_timeout: Duration = "JOB_TIMEOUT", value(parse::duration, Duration::from_secs(600));
+        /// The state file (fenced nodes, operator stops, the primary, operations in flight) that
+        /// lets a restarted sidecar finish what it was doing; on a volume of the pgpool service.
+        state_path: PathBuf = "STATE_PATH",
+            value(parse::state_path, PathBuf::from(DEFAULT_STATE_FILE));
         /// Keep one physical replication slot per standby on the primary, so a standby that was
         /// away catches up from the primary's WAL instead of being rebuilt.
         replication_slots: bool = "REPLICATION_SLOTS", value(parse::boolean, true),

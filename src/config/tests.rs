@@ -126,6 +126,7 @@ const KNOWN_VARS: &[&str] = &[
     "PREFERRED_PRIMARY",
     "HOOK_SOCKET",
     "JOB_TIMEOUT",
+    "STATE_PATH",
     "REPLICATION_SLOTS",
     "MAX_SLOT_WAL_KEEP_SIZE",
 ];
