@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
 
-use crate::cluster::restart::{resume, startup_plan, Offline, Persisted, Resume, StartFacts};
+use crate::cluster::restart::{
+    resume, startup_plan, Offline, Operation, Persisted, Resume, StartFacts,
+};
 use crate::cluster::Redo;
 use crate::docker::ContainerStatus;
 use crate::journal::Loaded;
@@ -73,7 +75,7 @@ fn apply(ctx: &Ctx, p: Persisted) {
         in_flight = p.operations.len(),
         "state file read"
     );
-    let resumed: Vec<(usize, ResumedRecord, Resume)> = p
+    let resumed: Vec<(usize, ResumedRecord, Resume, Operation)> = p
         .operations
         .iter()
         .filter_map(|(name, op)| {
@@ -89,10 +91,11 @@ fn apply(ctx: &Ctx, p: Persisted) {
                     since_unix: op.since_unix,
                 },
                 r,
+                *op,
             ))
         })
         .collect();
-    for (_, rec, r) in &resumed {
+    for (_, rec, r, _) in &resumed {
         tracing::warn!(
             node = %rec.node,
             operation = rec.operation.as_str(),
@@ -116,7 +119,7 @@ fn apply(ctx: &Ctx, p: Persisted) {
             .iter()
             .filter_map(|(n, at)| Some((id(n)?, *at)))
             .collect();
-        for (node, rec, r) in resumed {
+        for (node, rec, r, op) in resumed {
             match r {
                 Resume::FinishFailover | Resume::FinishSwitchover => {
                     s.fenced.insert(node);
@@ -130,11 +133,11 @@ fn apply(ctx: &Ctx, p: Persisted) {
                 // before that still finds it.
                 Resume::RedoRecovery => {
                     s.resume.insert(node, Redo::Recovery);
-                    s.operations.insert(node, op_of(&p, &rec.node));
+                    s.operations.insert(node, op);
                 }
                 Resume::RedoRebuild => {
                     s.resume.insert(node, Redo::Rebuild);
-                    s.operations.insert(node, op_of(&p, &rec.node));
+                    s.operations.insert(node, op);
                 }
             }
             s.resumed.push(rec);
@@ -143,10 +146,6 @@ fn apply(ctx: &Ctx, p: Persisted) {
             s.node_state.insert(n, NodeState::Fenced);
         }
     });
-}
-
-fn op_of(p: &Persisted, name: &str) -> crate::cluster::restart::Operation {
-    p.operations[name]
 }
 
 /// Starts the stopped nodes the rules allow, the primary first.

@@ -96,14 +96,14 @@ async fn restore_old_primary(ctx: &Ctx, old: &ContainerInfo, failed_target: Opti
         });
     }
     if let Some(t) = failed_target {
-        match failover::fence(ctx, t).await {
-            Ok(()) => ctx.with_state(|s| {
-                s.fenced.insert(t);
-                s.node_state.insert(t, NodeState::Fenced);
-            }),
-            Err(e) => {
-                tracing::error!(node = %ctx.node_name(t), error = %e, "cannot fence the switchover target")
-            }
+        // Recorded before the kill, like every fence: its events are then known to be ours.
+        ctx.with_state(|s| {
+            s.fenced.insert(t);
+            s.node_state.insert(t, NodeState::Fenced);
+        });
+        if let Err(e) = failover::fence(ctx, t).await {
+            ctx.with_state(|s| s.fenced.remove(&t));
+            tracing::error!(node = %ctx.node_name(t), error = %e, "cannot fence the switchover target")
         }
     }
     tracing::warn!(node = %old.name, "switchover failed; starting the old primary again");
