@@ -153,12 +153,13 @@ pub async fn run(ctx: &Arc<Ctx>) {
     let started = Instant::now();
     let n = ctx.cfg.nodes.len();
     let found = join_all(ctx.cfg.nodes.iter().map(|node| ctx.docker.find(&node.host))).await;
-    let (fenced, stopped, in_flight, remembered, sysid) = ctx.with_state(|s| {
+    let (fenced, stopped, in_flight, remembered, timeline, sysid) = ctx.with_state(|s| {
         (
             s.fenced.clone(),
             s.stopped.clone(),
             s.resume.keys().copied().collect::<Vec<_>>(),
             s.view.remembered_primary,
+            s.primary_timeline,
             s.view.system_identifier.map(|id| id.to_string()),
         )
     });
@@ -222,7 +223,7 @@ pub async fn run(ctx: &Arc<Ctx>) {
     for (f, o) in facts.iter_mut().zip(identified) {
         f.offline = o;
     }
-    let plan = startup_plan(&facts, remembered, sysid.as_deref());
+    let plan = startup_plan(&facts, remembered, timeline, sysid.as_deref());
     for (i, why) in &plan.left_down {
         tracing::warn!(node = %ctx.node_name(*i), why, "stopped node left down at start-up");
     }

@@ -2,7 +2,7 @@
 //! promotion, a switchover, a rewind and a rebuild; a host reboot (every container stopped, only
 //! the pgpool container started again, as `restart: unless-stopped` does at boot), with its state
 //! file intact and corrupt; a standby whose process dies by itself; a standby an operator
-//! stopped, across a restart of the sidecar. Each ends with the cluster whole: one primary, every
+//! stopped, across a restart of the sidecar; every node's process killed at once. Each ends with the cluster whole: one primary, every
 //! node streaming from it and attached in pgpool, every acknowledged row present.
 
 mod common;
@@ -104,7 +104,7 @@ async fn killed_and_restarted(
     .await;
     let line = t.join().expect("log follower");
     let line = line.expect("the sidecar's log ended before the line to kill at");
-    eprintln!("sidecar SIGKILLed at: {line}");
+    c.figure(&format!("sidecar SIGKILLed at: {line}"));
     wait_for(
         "Docker restarts the sidecar",
         Duration::from_secs(30),
@@ -193,11 +193,11 @@ async fn sidecar_killed_mid_failover_promotion_and_switchover_resumes_without_lo
     c.docker(&["kill", &c.container("pg-0")]);
     killed_and_restarted(&c, t, before).await;
     let p1 = wait_whole(&c, Duration::from_secs(60)).await;
-    eprintln!(
+    c.figure(&format!(
         "killed after the fence: whole in {:.1} s with {p1} primary; resumed: {}",
         fault.elapsed().as_secs_f64(),
         status_resumed(&c).await
-    );
+    ));
     assert_ne!(p1, "pg-0", "the fenced old primary came back as primary");
     let n = writer.count();
     writer.wait_acked(n + 20, Duration::from_secs(30)).await;
@@ -209,11 +209,11 @@ async fn sidecar_killed_mid_failover_promotion_and_switchover_resumes_without_lo
     c.docker(&["kill", &c.container(&p1)]);
     killed_and_restarted(&c, t, before).await;
     let p2 = wait_whole(&c, Duration::from_secs(60)).await;
-    eprintln!(
+    c.figure(&format!(
         "killed after the promotion: whole in {:.1} s with {p2} primary; resumed: {}",
         fault.elapsed().as_secs_f64(),
         status_resumed(&c).await
-    );
+    ));
     assert_ne!(p2, p1);
     let n = writer.count();
     writer.wait_acked(n + 20, Duration::from_secs(30)).await;
@@ -242,17 +242,17 @@ async fn sidecar_killed_mid_failover_promotion_and_switchover_resumes_without_lo
     )
     .await;
     let p3 = wait_whole(&c, Duration::from_secs(60)).await;
-    eprintln!(
+    c.figure(&format!(
         "killed during the switchover from {p2}: whole in {:.1} s with {p3} primary; resumed: {}",
         fault.elapsed().as_secs_f64(),
         status_resumed(&c).await
-    );
+    ));
     let n = writer.count();
     writer.wait_acked(n + 20, Duration::from_secs(30)).await;
 
     let acked = writer.stop().await;
     assert_no_loss(&c, &p3, &acked).await;
-    eprintln!("{} acknowledged commits, none lost", acked.len());
+    c.figure(&format!("{} acknowledged commits, none lost", acked.len()));
 }
 
 /// The job container of `job` for this cluster, once it runs.
@@ -295,11 +295,11 @@ async fn sidecar_killed_during_a_rewind_and_a_rebuild_job_ends_whole() {
     )
     .await;
     let p = wait_whole(&c, Duration::from_secs(60)).await;
-    eprintln!(
+    c.figure(&format!(
         "killed during the rewind: whole in {:.1} s with {p} primary; resumed: {}",
         fault.elapsed().as_secs_f64(),
         status_resumed(&c).await
-    );
+    ));
     assert!(
         status_resumed(&c).await.contains("\"rewind\""),
         "the restarted sidecar does not say it resumed the rewind"
@@ -326,11 +326,11 @@ async fn sidecar_killed_during_a_rewind_and_a_rebuild_job_ends_whole() {
     )
     .await;
     let p2 = wait_whole(&c, Duration::from_secs(60)).await;
-    eprintln!(
+    c.figure(&format!(
         "killed during the rebuild of {standby}: whole in {:.1} s; resumed: {}",
         fault.elapsed().as_secs_f64(),
         status_resumed(&c).await
-    );
+    ));
     assert_eq!(p2, p, "a rebuild of a standby changed the primary");
     assert!(status_resumed(&c).await.contains("\"rebuild\""));
     assert_eq!(
@@ -383,10 +383,10 @@ async fn a_host_reboot_brings_the_cluster_back_on_its_last_primary_with_or_witho
 
     let booted = reboot(&c, async {}).await;
     let after = wait_whole(&c, Duration::from_secs(60)).await;
-    eprintln!(
+    c.figure(&format!(
         "reboot: whole {:.1} s after the pgpool container started, {after} primary",
         booted.elapsed().as_secs_f64()
-    );
+    ));
     assert_eq!(after, p, "the primary changed across the reboot");
     assert_eq!(c.status().await["state_file"]["at_start"], "read");
     for n in ALL {
@@ -419,10 +419,10 @@ async fn a_host_reboot_brings_the_cluster_back_on_its_last_primary_with_or_witho
     })
     .await;
     let after = wait_whole(&c, Duration::from_secs(60)).await;
-    eprintln!(
+    c.figure(&format!(
         "reboot with a corrupt state file: whole {:.1} s after the pgpool container started, {after} primary",
         booted.elapsed().as_secs_f64()
-    );
+    ));
     assert_eq!(after, p, "the primary changed across the reboot");
     let at_start = c.status().await["state_file"]["at_start"].to_string();
     assert!(at_start.contains("unusable"), "{at_start}");
@@ -448,10 +448,10 @@ async fn a_standby_that_dies_by_itself_comes_back_and_one_stopped_on_purpose_sta
     kill_by_pid(&main_pid(&c, "pg-2"));
     c.wait_rejoined("pg-0", "pg-2", 30, Duration::from_secs(30))
         .await;
-    eprintln!(
+    c.figure(&format!(
         "standby killed by PID: streaming and attached again in {:.1} s",
         died.elapsed().as_secs_f64()
-    );
+    ));
     let m = c.http("/metrics").await.1;
     assert_eq!(
         metric(
@@ -504,9 +504,29 @@ async fn a_standby_that_dies_by_itself_comes_back_and_one_stopped_on_purpose_sta
     c.docker(&["start", &c.container("pg-1")]);
     c.wait_rejoined("pg-0", "pg-1", 30, Duration::from_secs(60))
         .await;
-    eprintln!(
+    c.figure(&format!(
         "operator-started standby attached in {:.1} s",
         started.elapsed().as_secs_f64()
-    );
+    ));
     assert_eq!(c.status().await["nodes"][1]["intent"], "run");
+
+    // Every node's process killed at once (an OOM storm, a crash of the runtime): the standbys
+    // are started again, the primary is failed over and rewound, nothing acknowledged is lost.
+    let pids: Vec<String> = ALL.iter().map(|n| main_pid(&c, n)).collect();
+    let all_died = Instant::now();
+    for pid in &pids {
+        kill_by_pid(pid);
+    }
+    let p = wait_whole(&c, Duration::from_secs(90)).await;
+    c.figure(&format!(
+        "every node killed by PID at once: whole in {:.1} s with {p} primary",
+        all_died.elapsed().as_secs_f64()
+    ));
+    for n in ALL {
+        assert_eq!(
+            c.value_on(n, "SELECT count(*) FROM acked").await.as_deref(),
+            Some("30"),
+            "rows on {n}"
+        );
+    }
 }

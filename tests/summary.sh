@@ -17,3 +17,9 @@ for f in "${1:-target/e2e-logs}"/*.log; do
   [ -n "$fo$rec" ] || continue
   printf '%-40s %-26s %s\n' "$name" "${fo:--}" "${rec:--}"
 done
+figures="${1:-target/e2e-logs}/figures.txt"
+if [ -s "$figures" ]; then
+  echo
+  echo "figures the tests measured:"
+  cat "$figures"
+fi

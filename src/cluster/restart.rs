@@ -214,13 +214,14 @@ pub struct StartPlan {
 
 /// Which stopped nodes to start, and which first. A node that is fenced, was stopped on purpose,
 /// has an operation in flight, or holds another cluster's data stays down. The primary is the
-/// remembered one when its data agrees (it last ran as a primary of this cluster and no node is
-/// on a later timeline); else the most advanced former primary of this cluster (latest timeline,
+/// remembered one when its data agrees (it last ran as a primary of this cluster, on the
+/// remembered timeline or later, and no node is on a later timeline); else the most advanced former primary of this cluster (latest timeline,
 /// then latest checkpoint). No stopped node is started as primary while a running node may be
 /// one: the reconcile loop judges running nodes by their answers.
 pub fn startup_plan(
     nodes: &[StartFacts],
     remembered_primary: Option<usize>,
+    remembered_timeline: Option<u32>,
     system_identifier: Option<&str>,
 ) -> StartPlan {
     let mut plan = StartPlan::default();
@@ -271,9 +272,12 @@ pub fn startup_plan(
     };
     let any_running = nodes.iter().any(|n| n.running && !n.fenced);
     let remembered_agrees = remembered_primary.filter(|&p| {
+        let at_least =
+            |floor: Option<u32>| floor.is_none_or(|tl| timeline(p).is_some_and(|t| t >= tl));
         startable.contains(&p)
             && former_primary(p)
-            && newest.is_none_or(|tl| timeline(p).is_some_and(|t| t >= tl))
+            && at_least(newest)
+            && at_least(remembered_timeline)
     });
     let primary = remembered_agrees.or_else(|| {
         if any_running {
@@ -418,7 +422,7 @@ mod tests {
             stopped("pg-1", "shut down", 2, 500),
             stopped("pg-2", "shut down in recovery", 2, 500),
         ];
-        let plan = startup_plan(&nodes, Some(1), Some(ID));
+        let plan = startup_plan(&nodes, Some(1), None, Some(ID));
         assert_eq!(plan.primary, Some(1));
         assert_eq!(plan.then, vec![0, 2]);
         assert!(plan.left_down.is_empty());
@@ -433,14 +437,14 @@ mod tests {
             stopped("pg-1", "shut down", 2, 600),
             stopped("pg-2", "shut down in recovery", 2, 600),
         ];
-        let plan = startup_plan(&nodes, None, None);
+        let plan = startup_plan(&nodes, None, None, None);
         assert_eq!(plan.primary, Some(1));
         // Same timeline: the later checkpoint wins.
         let nodes = [
             stopped("pg-0", "in production", 2, 700),
             stopped("pg-1", "shut down", 2, 600),
         ];
-        assert_eq!(startup_plan(&nodes, None, Some(ID)).primary, Some(0));
+        assert_eq!(startup_plan(&nodes, None, None, Some(ID)).primary, Some(0));
     }
 
     #[test]
@@ -451,13 +455,19 @@ mod tests {
             stopped("pg-0", "shut down in recovery", 2, 500),
             stopped("pg-1", "shut down", 3, 800),
         ];
-        assert_eq!(startup_plan(&nodes, Some(0), Some(ID)).primary, Some(1));
+        assert_eq!(
+            startup_plan(&nodes, Some(0), None, Some(ID)).primary,
+            Some(1)
+        );
         // The state's primary on an older timeline than another node.
         let nodes = [
             stopped("pg-0", "shut down", 2, 900),
             stopped("pg-1", "in production", 3, 800),
         ];
-        assert_eq!(startup_plan(&nodes, Some(0), Some(ID)).primary, Some(1));
+        assert_eq!(
+            startup_plan(&nodes, Some(0), None, Some(ID)).primary,
+            Some(1)
+        );
     }
 
     #[test]
@@ -470,7 +480,12 @@ mod tests {
         busy.in_flight = true;
         let mut foreign = stopped("pg-3", "shut down", 1, 5);
         foreign.offline.as_mut().unwrap().system_identifier = Some("42".into());
-        let plan = startup_plan(&[fenced, on_purpose, busy, foreign], Some(0), Some(ID));
+        let plan = startup_plan(
+            &[fenced, on_purpose, busy, foreign],
+            Some(0),
+            None,
+            Some(ID),
+        );
         assert_eq!(plan.primary, None);
         assert!(plan.then.is_empty());
         assert_eq!(
@@ -480,11 +495,39 @@ mod tests {
     }
 
     #[test]
+    fn a_remembered_primary_on_an_older_timeline_than_remembered_is_not_taken() {
+        // The state says pg-1 on timeline 3, but its data directory is on timeline 2 (a volume
+        // restored from a backup): pg-1 is not trusted as the primary.
+        let nodes = [
+            stopped("pg-0", "shut down in recovery", 2, 500),
+            stopped("pg-1", "shut down", 2, 500),
+        ];
+        assert_eq!(
+            startup_plan(&nodes, Some(1), Some(2), Some(ID)).primary,
+            Some(1)
+        );
+        let plan = startup_plan(&nodes, Some(1), Some(3), Some(ID));
+        // The most advanced former primary is still pg-1 by observation alone.
+        assert_eq!(plan.primary, Some(1));
+        let nodes = [
+            stopped("pg-0", "shut down", 3, 400),
+            stopped("pg-1", "shut down", 2, 500),
+        ];
+        assert_eq!(
+            startup_plan(&nodes, Some(1), Some(3), Some(ID)).primary,
+            Some(0)
+        );
+    }
+
+    #[test]
     fn a_fenced_node_on_a_later_timeline_does_not_block_the_primary() {
         let mut fenced = stopped("pg-0", "in production", 4, 900);
         fenced.fenced = true;
         let nodes = [fenced, stopped("pg-1", "shut down", 3, 800)];
-        assert_eq!(startup_plan(&nodes, Some(1), Some(ID)).primary, Some(1));
+        assert_eq!(
+            startup_plan(&nodes, Some(1), None, Some(ID)).primary,
+            Some(1)
+        );
     }
 
     #[test]
@@ -494,11 +537,11 @@ mod tests {
             stopped("pg-1", "shut down", 1, 800),
             stopped("pg-2", "shut down in recovery", 1, 800),
         ];
-        let plan = startup_plan(&nodes, Some(0), Some(ID));
+        let plan = startup_plan(&nodes, Some(0), None, Some(ID));
         assert_eq!(plan.primary, None);
         assert_eq!(plan.then, vec![1, 2]);
         // ... unless the state names it and its data agrees (the running ones are standbys).
-        let plan = startup_plan(&nodes, Some(1), Some(ID));
+        let plan = startup_plan(&nodes, Some(1), None, Some(ID));
         assert_eq!(plan.primary, Some(1));
     }
 
@@ -508,7 +551,7 @@ mod tests {
             stopped("pg-0", "shut down in recovery", 1, 5),
             stopped("pg-1", "shut down in recovery", 1, 5),
         ];
-        let plan = startup_plan(&nodes, None, Some(ID));
+        let plan = startup_plan(&nodes, None, None, Some(ID));
         assert_eq!(plan.primary, None);
         assert_eq!(plan.then, vec![0, 1]);
     }

@@ -296,6 +296,22 @@ impl Cluster {
         );
     }
 
+    /// A figure the test measured: printed, and kept in target/e2e-logs/figures.txt, which
+    /// tests/summary.sh prints at the end of a run (passing tests' output is not shown).
+    pub fn figure(&self, text: &str) {
+        use std::io::Write;
+        eprintln!("{text}");
+        let dir = repo().join("target/e2e-logs");
+        let _ = std::fs::create_dir_all(&dir);
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("figures.txt"))
+        {
+            let _ = writeln!(f, "{}: {text}", self.project);
+        }
+    }
+
     pub fn container(&self, service: &str) -> String {
         let (_, out, _) = sh(self.compose().args(["ps", "-q", service]));
         out.trim().to_string()
