@@ -385,6 +385,17 @@ pub fn choose_candidate(
     Ok(best.id)
 }
 
+/// A standby whose process exited by itself, to be started again: never a fenced one, one an
+/// operator stopped, or one whose container is gone (that is the ladder's to recreate).
+fn restart_due(n: &NodeView) -> bool {
+    n.died
+        && n.container_gone()
+        && n.container != Some(ContainerStatus::Missing)
+        && !n.busy
+        && !n.fenced
+        && !n.stopped_on_purpose
+}
+
 /// Whether the primary must be failed over, and why.
 pub fn primary_failure(view: &ClusterView, policy: &Policy) -> Option<String> {
     let p = &view.nodes[view.primary?];
@@ -414,6 +425,14 @@ pub fn decide(view: &ClusterView, policy: &Policy) -> Vec<Action> {
         return plan;
     };
     if let Some(reason) = primary_failure(view, policy) {
+        // Standbys that died with it are started first: the failover needs one to promote.
+        for n in view
+            .nodes
+            .iter()
+            .filter(|n| n.id != primary && restart_due(n))
+        {
+            plan.push(Action::Start { node: n.id });
+        }
         plan.push(Action::Failover {
             old: primary,
             reason,
@@ -454,7 +473,7 @@ pub fn decide(view: &ClusterView, policy: &Policy) -> Vec<Action> {
         // What an `on-failure` restart policy would do, which nodes cannot have: the sidecar
         // owns their lifecycle, so it must never start a fenced one or one an operator stopped.
         if n.died && n.container_gone() && !n.fenced && !n.stopped_on_purpose {
-            if n.container != Some(ContainerStatus::Missing) {
+            if restart_due(n) {
                 plan.push(Action::Start { node: n.id });
             }
             if serving {
@@ -1263,6 +1282,21 @@ mod tests {
                 node: 2,
                 reason: "fenced old primary".into()
             }]
+        );
+        // Every node died at once: the standbys are started while the failover waits for one.
+        let mut s1 = exited(standby(1, 100));
+        s1.died = true;
+        let v = cluster(vec![exited(primary(0, 100)), s1, dead.clone()]);
+        assert_eq!(
+            decide(&v, &policy()),
+            vec![
+                Action::Start { node: 1 },
+                Action::Start { node: 2 },
+                Action::Failover {
+                    old: 0,
+                    reason: "container is Exited".into()
+                }
+            ]
         );
         // Not dead by itself (stopped, nothing seen): left alone, as before.
         let v = cluster(vec![
