@@ -184,7 +184,10 @@ pub async fn recover(
     tracing::warn!(node = %name, reason, force_rebuild, "recovering node");
     // Recorded until it succeeds: a crash (or a failure) part-way leaves it for the next start,
     // which runs it again rather than starting half-rewritten data.
-    ctx.with_state(|s| {
+    let rewrite_in_flight = ctx.with_state(|s| {
+        let in_flight = s.operations.get(&node).is_some_and(|op| {
+            matches!(op.kind, OpKind::Rewind | OpKind::Rebuild) && op.step == Step::Job
+        });
         s.resume.remove(&node);
         // Asking for a recovery is starting it again on purpose.
         s.stopped.remove(&node);
@@ -197,10 +200,20 @@ pub async fn recover(
             step: Step::Attaching,
             since_unix: crate::state::unix_now(),
         });
+        in_flight
     });
-    let result = ladder(ctx, node, force_rebuild).await;
-    let rewritten = matches!(&result, Err((Some(Method::Rewind | Method::Rebuild), _)));
-    if !rewritten {
+    let result = ladder(
+        ctx,
+        node,
+        force_rebuild || rewrite_in_flight,
+        rewrite_in_flight,
+    )
+    .await;
+    // Half-rewritten data keeps its record until a rebuild succeeds: a later start must not
+    // start it as it is.
+    let rewritten =
+        rewrite_in_flight || matches!(&result, Err((Some(Method::Rewind | Method::Rebuild), _)));
+    if result.is_ok() || !rewritten {
         ctx.end(node);
     }
     let seconds = started.elapsed().as_secs_f64();
@@ -258,6 +271,7 @@ async fn ladder(
     ctx: &Arc<Ctx>,
     node: usize,
     force_rebuild: bool,
+    rewrite_in_flight: bool,
 ) -> Result<Method, (Option<Method>, RecoveryError)> {
     let name = ctx.node_name(node).to_string();
     let primary = ctx.primary().ok_or((None, RecoveryError::NoPrimary))?;
@@ -322,6 +336,7 @@ async fn ladder(
         empty,
         // Read from the control file once the node is stopped, below; rung 1 needs no rewind.
         rewindable: true,
+        rewrite_in_flight,
     };
     if may_attach_as_is(&facts) {
         // Rung 1: it may just be a standby that was away — start it, re-point it, attach it.

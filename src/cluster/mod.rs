@@ -263,8 +263,12 @@ pub fn rewind_ruled_out(f: &RecoveryFacts, data: &DataIdentity) -> bool {
 /// The rungs that rewrite the node's data, in order, once rung 1 is out: the safety rule on
 /// wiping lives here. Only a fresh initdb, an empty directory or a former member of this
 /// cluster may be rewritten; a member is rewound first (cheaper, keeps the common history)
-/// unless a rebuild is forced or its control file rules a rewind out.
+/// unless a rebuild is forced or its control file rules a rewind out. A rewrite cut short by a
+/// restart of the sidecar is redone as a rebuild, whatever the half-written directory shows.
 pub fn rewrite_rungs(f: &RecoveryFacts, data: &DataIdentity) -> Result<Vec<Rung>, WipeRefused> {
+    if f.rewrite_in_flight {
+        return Ok(vec![Rung::Rebuild]);
+    }
     match data {
         DataIdentity::Foreign(id) => Err(WipeRefused(id.clone())),
         DataIdentity::Member if !f.force_rebuild && !f.empty && f.rewindable => {
@@ -974,6 +978,7 @@ mod tests {
             fenced,
             empty,
             rewindable: true,
+            rewrite_in_flight: false,
         };
         // Rung 1 only for data that may be kept as it is.
         assert!(may_attach_as_is(&f(false, false, false)));
@@ -1010,8 +1015,26 @@ mod tests {
             // Not even an operator's forced rebuild wipes another cluster's data.
             (
                 f(true, false, false),
-                foreign,
+                foreign.clone(),
                 Err(WipeRefused("7001".into())),
+            ),
+            // The sidecar's own rebuild, cut short: its half-copied directory has no readable
+            // control file (an unknown identity) and is rebuilt again.
+            (
+                RecoveryFacts {
+                    rewrite_in_flight: true,
+                    ..f(true, false, false)
+                },
+                Foreign("unknown".into()),
+                Ok(vec![Rung::Rebuild]),
+            ),
+            (
+                RecoveryFacts {
+                    rewrite_in_flight: true,
+                    ..f(false, true, false)
+                },
+                Member,
+                Ok(vec![Rung::Rebuild]),
             ),
         ];
         for (facts, data, want) in table {
@@ -1026,6 +1049,7 @@ mod tests {
             fenced: true,
             empty,
             rewindable,
+            rewrite_in_flight: false,
         };
         use DataIdentity::*;
         let table: Vec<(RecoveryFacts, DataIdentity, Vec<Rung>, bool)> = vec![

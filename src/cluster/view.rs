@@ -187,6 +187,10 @@ pub struct RecoveryFacts {
     /// Its control file says it ran with `wal_log_hints` on or with data checksums: pg_rewind
     /// can rewind it (see [`crate::cluster::control_file_rewindable`]).
     pub rewindable: bool,
+    /// A rewind or rebuild job of this node was cut short by a restart of the sidecar: the
+    /// data directory is the sidecar's own half-written work (its wipe was allowed when the job
+    /// started), whatever its control file now says or fails to say.
+    pub rewrite_in_flight: bool,
 }
 
 /// Whose data a stopped node holds, read offline (`pg_controldata`).
