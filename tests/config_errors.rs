@@ -28,7 +28,7 @@ fn run_container(env: &[(&str, &str)], remove: &[&str]) -> (i32, String) {
     }
     cmd.arg(IMAGE);
     let (code, out, err) = sh(&mut cmd);
-    let _ = sh(Command::new("docker").args(["rm", "-f", &name]));
+    let _ = sh(Command::new("docker").args(["rm", "-f", "-v", &name]));
     (code, format!("{out}{err}"))
 }
 
