@@ -105,6 +105,11 @@ async fn killed_and_restarted(
     let line = t.join().expect("log follower");
     let line = line.expect("the sidecar's log ended before the line to kill at");
     c.figure(&format!("sidecar SIGKILLed at: {line}"));
+    wait_restarted(c, before).await;
+}
+
+/// Waits until Docker has restarted the sidecar's container since `before` restarts.
+async fn wait_restarted(c: &Cluster, before: u64) {
     wait_for(
         "Docker restarts the sidecar",
         Duration::from_secs(30),
@@ -156,18 +161,6 @@ async fn status_resumed(c: &Cluster) -> String {
         .await
         .map(|s| s["resumed"].to_string())
         .unwrap_or_default()
-}
-
-/// A mutating API call whose answer is lost with the sidecar it kills.
-fn post_in_background(c: &Cluster, path: &str) -> tokio::task::JoinHandle<()> {
-    let url = format!("http://127.0.0.1:{}{path}", c.http_port);
-    tokio::spawn(async move {
-        let _ = reqwest::Client::new()
-            .post(url)
-            .bearer_auth(API_TOKEN)
-            .send()
-            .await;
-    })
 }
 
 async fn assert_no_loss(c: &Cluster, primary: &str, acked: &[(i64, Instant)]) {
@@ -222,7 +215,7 @@ async fn sidecar_killed_mid_failover_promotion_and_switchover_resumes_without_lo
     let before = restart_count(&c);
     let old = c.container(&p2);
     let pid = main_pid(&c, "pgpool");
-    let request = post_in_background(&c, "/switchover");
+    let request = c.post_in_background("/switchover");
     let fault = Instant::now();
     wait_for(
         "the old primary stopped by the switchover",
@@ -235,12 +228,7 @@ async fn sidecar_killed_mid_failover_promotion_and_switchover_resumes_without_lo
     .await;
     kill_by_pid(&pid);
     let _ = request.await;
-    wait_for(
-        "Docker restarts the sidecar",
-        Duration::from_secs(30),
-        || async { (restart_count(&c) > before).then_some(()) },
-    )
-    .await;
+    wait_restarted(&c, before).await;
     let p3 = wait_whole(&c, Duration::from_secs(60)).await;
     c.figure(&format!(
         "killed during the switchover from {p2}: whole in {:.1} s with {p3} primary; resumed: {}",
@@ -288,12 +276,7 @@ async fn sidecar_killed_during_a_rewind_and_a_rebuild_job_ends_whole() {
     c.docker(&["kill", &c.container("pg-0")]);
     wait_job(&c, "rewind").await;
     kill_by_pid(&main_pid(&c, "pgpool"));
-    wait_for(
-        "Docker restarts the sidecar",
-        Duration::from_secs(30),
-        || async { (restart_count(&c) > before).then_some(()) },
-    )
-    .await;
+    wait_restarted(&c, before).await;
     let p = wait_whole(&c, Duration::from_secs(60)).await;
     c.figure(&format!(
         "killed during the rewind: whole in {:.1} s with {p} primary; resumed: {}",
@@ -314,17 +297,12 @@ async fn sidecar_killed_during_a_rewind_and_a_rebuild_job_ends_whole() {
     // 2. A rebuild asked for over the API.
     let standby = ALL.iter().find(|n| **n != p).unwrap().to_string();
     let before = restart_count(&c);
-    let request = post_in_background(&c, &format!("/nodes/{standby}/recover?rebuild=true"));
+    let request = c.post_in_background(&format!("/nodes/{standby}/recover?rebuild=true"));
     let fault = Instant::now();
     wait_job(&c, "rebuild").await;
     kill_by_pid(&main_pid(&c, "pgpool"));
     let _ = request.await;
-    wait_for(
-        "Docker restarts the sidecar",
-        Duration::from_secs(30),
-        || async { (restart_count(&c) > before).then_some(()) },
-    )
-    .await;
+    wait_restarted(&c, before).await;
     let p2 = wait_whole(&c, Duration::from_secs(60)).await;
     c.figure(&format!(
         "killed during the rebuild of {standby}: whole in {:.1} s; resumed: {}",

@@ -232,17 +232,7 @@ fn jobs(c: &Cluster) -> Vec<(String, bool)> {
 
 /// Starts a rebuild of pg-2 over HTTP in the background and waits for its job container.
 async fn rebuild_in_flight(c: &Cluster) -> String {
-    let url = format!(
-        "http://127.0.0.1:{}/nodes/pg-2/recover?rebuild=true",
-        c.http_port
-    );
-    tokio::spawn(async move {
-        let _ = reqwest::Client::new()
-            .post(url)
-            .bearer_auth(API_TOKEN)
-            .send()
-            .await;
-    });
+    c.post_in_background("/nodes/pg-2/recover?rebuild=true");
     wait_for("a rebuild job container", Duration::from_secs(30), || {
         let c = &c;
         async move { jobs(c).first().map(|j| j.0.clone()) }

@@ -375,6 +375,19 @@ impl Cluster {
         (r.status().as_u16(), r.text().await.unwrap_or_default())
     }
 
+    /// A mutating API call (with the API token) left running: its answer may be lost with a
+    /// sidecar the test kills meanwhile.
+    pub fn post_in_background(&self, path: &str) -> tokio::task::JoinHandle<()> {
+        let url = format!("http://127.0.0.1:{}{path}", self.http_port);
+        tokio::spawn(async move {
+            let _ = reqwest::Client::new()
+                .post(url)
+                .bearer_auth(API_TOKEN)
+                .send()
+                .await;
+        })
+    }
+
     /// POST to the sidecar's API with `token` (None: no Authorization header).
     pub async fn post(&self, path: &str, token: Option<&str>) -> (u16, serde_json::Value) {
         let client = reqwest::Client::new();
