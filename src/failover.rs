@@ -280,7 +280,8 @@ async fn elect(ctx: &Arc<Ctx>, old: usize) -> Result<usize, FailoverError> {
 
 /// Points standby `node` at `primary`, through its replication slot there (made first when it
 /// is missing). Idempotent: the same settings again are a no-op reload.
-pub async fn repoint(ctx: &Ctx, node: usize, primary: usize) {
+/// Re-points `node` at `primary`; false (and logged) when the node could not be changed.
+pub async fn repoint(ctx: &Ctx, node: usize, primary: usize) -> bool {
     let p = &ctx.cfg.nodes[primary];
     let conninfo = ctx.conninfo_for(node, primary);
     let slot = crate::slots::ensure_for(ctx, primary, node).await;
@@ -296,10 +297,12 @@ pub async fn repoint(ctx: &Ctx, node: usize, primary: usize) {
         .await;
     match result {
         Ok(()) => {
-            tracing::info!(node = %ctx.node_name(node), primary = %p.host, slot = ?slot, "standby re-pointed")
+            tracing::info!(node = %ctx.node_name(node), primary = %p.host, slot = ?slot, "standby re-pointed");
+            true
         }
         Err(e) => {
-            tracing::error!(node = %ctx.node_name(node), error = %e, "cannot re-point standby")
+            tracing::error!(node = %ctx.node_name(node), error = %e, "cannot re-point standby");
+            false
         }
     }
 }

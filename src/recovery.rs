@@ -397,6 +397,14 @@ async fn ladder(
     let mut last_error = None;
     for rung in rungs {
         tracing::info!(node = %name, "recovery rung {}: starting its job", rung.as_str());
+        // The primary of now, not of the ladder's start: a failover may have happened since.
+        let Some(primary) = ctx.primary() else {
+            last_error = Some((Some(rung), RecoveryError::NoPrimary));
+            break;
+        };
+        if primary == node {
+            return Err((Some(rung), RecoveryError::IsPrimary(name)));
+        }
         let result = match rung {
             Method::Rewind => {
                 ctx.begin(node, OpKind::Rewind, Step::Job);
@@ -474,7 +482,7 @@ async fn rejoin_as_is(
     if pg.upstream_host.as_deref() != Some(ctx.node_name(primary)) {
         crate::failover::repoint(ctx, node, primary).await;
     }
-    wait_streaming(ctx, node, Duration::from_secs(20)).await?;
+    wait_streaming(ctx, node, primary, Duration::from_secs(20)).await?;
     ctx.pgpool.attach(node, Duration::from_secs(30)).await?;
     crate::slots::drop_local(ctx, node).await;
     Ok(())
@@ -538,22 +546,34 @@ fn source_env(
 }
 
 /// Runs a job that leaves a standby's data directory behind, then: start, stream, attach.
+/// A job that leaves its node a standby of `primary`, and how long the node may take to stream.
+struct StandbyJob<'a> {
+    name: &'a str,
+    script: &'a str,
+    env: Vec<String>,
+    primary: usize,
+    stream_limit: Duration,
+}
+
 async fn standby_job(
     ctx: &Arc<Ctx>,
     node: usize,
     container: &ContainerInfo,
-    job: &str,
-    script: &str,
-    env: Vec<String>,
-    stream_limit: Duration,
+    job: StandbyJob<'_>,
 ) -> Result<String, RecoveryError> {
     let out = ctx
         .docker
-        .run_job(container, job, script, env, ctx.cfg.job_timeout)
+        .run_job(
+            container,
+            job.name,
+            job.script,
+            job.env,
+            ctx.cfg.job_timeout,
+        )
         .await?;
-    log_job(ctx.node_name(node), job, &out);
+    log_job(ctx.node_name(node), job.name, &out);
     ctx.docker.start(container).await?;
-    wait_streaming(ctx, node, stream_limit).await?;
+    wait_streaming(ctx, node, job.primary, job.stream_limit).await?;
     ctx.pgpool.attach(node, Duration::from_secs(30)).await?;
     crate::slots::drop_local(ctx, node).await;
     Ok(out)
@@ -603,10 +623,13 @@ async fn rewind(
         ctx,
         node,
         container,
-        "rewind",
-        REWIND_SCRIPT,
-        env,
-        Duration::from_secs(60),
+        StandbyJob {
+            name: "rewind",
+            script: REWIND_SCRIPT,
+            env,
+            primary,
+            stream_limit: Duration::from_secs(60),
+        },
     )
     .await?;
     match divergence_point(&out) {
@@ -641,10 +664,13 @@ async fn rebuild(
         ctx,
         node,
         container,
-        "rebuild",
-        REBUILD_SCRIPT,
-        env,
-        Duration::from_secs(120),
+        StandbyJob {
+            name: "rebuild",
+            script: REBUILD_SCRIPT,
+            env,
+            primary,
+            stream_limit: Duration::from_secs(120),
+        },
     )
     .await?;
     Ok(())
@@ -664,10 +690,13 @@ pub async fn demote_cleanly_stopped(
         ctx,
         node,
         container,
-        "standby",
-        STANDBY_SCRIPT,
-        env,
-        Duration::from_secs(30),
+        StandbyJob {
+            name: "standby",
+            script: STANDBY_SCRIPT,
+            env,
+            primary,
+            stream_limit: Duration::from_secs(30),
+        },
     )
     .await?;
     let node_label = node.to_string();
@@ -678,19 +707,31 @@ pub async fn demote_cleanly_stopped(
     Ok(())
 }
 
-/// Polls the primary until `node` streams from it (only such a node may be attached).
-pub async fn wait_streaming(ctx: &Ctx, node: usize, limit: Duration) -> Result<(), RecoveryError> {
+/// Polls the primary until `node` streams from it (only such a node may be attached). `set_up`
+/// is the primary the node was pointed at: a failover while the node was being recovered skips
+/// it (it is busy), so here it is re-pointed at whichever node is the primary now.
+pub async fn wait_streaming(
+    ctx: &Ctx,
+    node: usize,
+    set_up: usize,
+    limit: Duration,
+) -> Result<(), RecoveryError> {
     let name = ctx.node_name(node).to_string();
     let deadline = Instant::now() + limit;
+    let mut follows = set_up;
     while Instant::now() < deadline {
         if let Some(primary) = ctx.primary() {
+            if primary != follows && crate::failover::repoint(ctx, node, primary).await {
+                tracing::warn!(node = %name, primary = %ctx.node_name(primary), "the primary changed during the recovery: the node follows the new one");
+                follows = primary;
+            }
             let stats = ctx.sessions[primary]
                 .lock()
                 .await
                 .replication(ctx.probe_timeout())
                 .await;
             if let Ok(stats) = stats {
-                if stats.get(&name).is_some_and(|r| r.state == "streaming") {
+                if primary == follows && stats.get(&name).is_some_and(|r| r.state == "streaming") {
                     return Ok(());
                 }
             }
