@@ -228,7 +228,10 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         }
     });
     ctx.spawn_essential("reconcile", reconcile::run(ctx.clone()));
+    ctx.spawn("users", crate::users::run(ctx.clone()));
     ctx.spawn_essential("docker-events", reconcile::watch_events(ctx.clone()));
+    ctx.spawn_essential("tls-watch", crate::tls_watch::run(ctx.clone()));
+    ctx.spawn_essential("pgpool-clients", crate::saturation::run(ctx.clone()));
 
     let stop = wait_for_stop(wait_for_signal(), &ctx.cancel).await?;
     tracing::info!(reason = ?stop, "shutting down");

@@ -351,6 +351,10 @@ pub fn status(ctx: &Ctx) -> serde_json::Value {
                     ),
                     "operation": s.operations.get(&n.id),
                     "replication_slot": s.slots.get(&n.id),
+                    "connections": n.pg.as_ref().map(|p| json!({
+                        "in_use": p.client_backends,
+                        "max": p.max_connections,
+                    })),
                 })
             })
             .collect();
@@ -359,6 +363,11 @@ pub fn status(ctx: &Ctx) -> serde_json::Value {
             "primary_id": s.view.primary,
             "pgpool_up": s.pgpool_up,
             "pgpool_version": ctx.pgpool_version.to_string(),
+            // `in_use` is null until read through PCP, or when the last read failed.
+            "pgpool_clients": {
+                "in_use": s.pgpool_clients.map(|c| c.in_use),
+                "max": crate::pgpool::conf::num_init_children(&ctx.cfg),
+            },
             "nodes": nodes,
             "last_failover": s.last_failover,
             "last_refusal": s.last_refusal,
@@ -369,6 +378,8 @@ pub fn status(ctx: &Ctx) -> serde_json::Value {
             },
             "remembered_primary": s.view.remembered_primary.map(|p| ctx.node_name(p).to_string()),
             "resumed": s.resumed,
+            "tls": s.tls,
+            "users": s.users,
             "config": ctx.cfg.redacted(),
         })
     })

@@ -51,7 +51,21 @@ pub struct Metrics {
     pub node_restarts: IntCounterVec,
     pub state_file_write_failures: IntCounter,
     pub node_stopped_on_purpose: IntGaugeVec,
+    pub tls: crate::tls_watch::TlsMetrics,
+    pub pgpool_client_connections: IntGauge,
+    pub pgpool_client_connections_max: IntGauge,
+    pub backend_connections: IntGaugeVec,
+    pub backend_max_connections: IntGaugeVec,
+    pub app_users: IntGauge,
+    pub login_roles_without_pool_passwd: IntGauge,
+    pub app_user_changes: IntCounterVec,
+    pub app_user_sync_failures: IntCounterVec,
 }
+
+/// What the users task changes (the `change` label).
+pub const APP_USER_CHANGES: [&str; 3] = ["role_created", "password_set", "pool_passwd"];
+/// Where the users task can fail (the `stage` label).
+pub const APP_USER_STAGES: [&str; 4] = ["declaration", "roles", "pool_passwd", "reload"];
 
 /// What the sidecar may change on a plain primary it adopts (the `change` label).
 pub const ADOPTION_CHANGES: [&str; 3] = ["replication_role", "hba_rule", "wal_log_hints"];
@@ -360,8 +374,85 @@ impl Metrics {
                     &["node"]
                 )
             ),
+            // Saturation: pgpool serves at most num_init_children clients at once, a node at
+            // most max_connections sessions; the bundled alerts fire at 90 % of either.
+            pgpool_client_connections: reg!(
+                r,
+                IntGauge::new(
+                    name("pgpool_client_connections"),
+                    "pgpool child processes serving a client (read through PCP); at num_init_children the next client waits for a free one, or is refused with reserved_connections set."
+                )
+            ),
+            pgpool_client_connections_max: reg!(
+                r,
+                IntGauge::new(
+                    name("pgpool_client_connections_max"),
+                    "pgpool's num_init_children: the most clients it serves at once."
+                )
+            ),
+            backend_connections: reg!(
+                r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        name("backend_connections"),
+                        "Client backends on the node (pg_stat_activity), pgpool's and the sidecar's included; 0 while the node does not answer."
+                    ),
+                    &["node"]
+                )
+            ),
+            backend_max_connections: reg!(
+                r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        name("backend_max_connections"),
+                        "The node's max_connections; 0 while the node does not answer."
+                    ),
+                    &["node"]
+                )
+            ),
+            app_users: reg!(
+                r,
+                IntGauge::new(
+                    name("app_users"),
+                    "Application users declared (PGPOOL_SIDECAR_USERS or its file) and written into pool_passwd."
+                )
+            ),
+            login_roles_without_pool_passwd: reg!(
+                r,
+                IntGauge::new(
+                    name("login_roles_without_pool_passwd"),
+                    "Login roles on the primary that nobody declared: they cannot log in through pgpool (/status lists them)."
+                )
+            ),
+            app_user_changes: reg!(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        name("app_user_changes_total"),
+                        "Changes made for the declared users: roles created, passwords set on the primary, pool_passwd rewritten (with a pgpool reload)."
+                    ),
+                    &["change"]
+                )
+            ),
+            app_user_sync_failures: reg!(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        name("app_user_sync_failures_total"),
+                        "Failures while applying the declared users, by stage; the last good declaration stays in force."
+                    ),
+                    &["stage"]
+                )
+            ),
+            tls: crate::tls_watch::TlsMetrics::new(&r, node_count)?,
             registry: r,
         };
+        for c in APP_USER_CHANGES {
+            m.app_user_changes.with_label_values(&[c]).inc_by(0);
+        }
+        for st in APP_USER_STAGES {
+            m.app_user_sync_failures.with_label_values(&[st]).inc_by(0);
+        }
         #[cfg(target_os = "linux")]
         {
             let pc = prometheus::process_collector::ProcessCollector::for_self();
@@ -385,6 +476,8 @@ impl Metrics {
             m.replication_lag_seconds.with_label_values(&[n]).set(0.0);
             m.node_foreign.with_label_values(&[n]).set(0);
             m.slot_retained_bytes.with_label_values(&[n]).set(0);
+            m.backend_connections.with_label_values(&[n]).set(0);
+            m.backend_max_connections.with_label_values(&[n]).set(0);
             // Known series start at 0, so "no rebuild happened" is a 0 to check, not an absence
             // that a renamed label would also produce.
             for method in [Rung::Attach, Rung::Rewind, Rung::Rebuild] {
@@ -466,5 +559,9 @@ mod tests {
         assert!(text.contains("# TYPE pgpool_sidecar_failover_duration_seconds histogram"));
         assert!(text.contains("pgpool_sidecar_adoption_changes_total{change=\"hba_rule\"} 0"));
         assert!(text.contains("process_resident_memory_bytes"));
+        assert!(text.contains("pgpool_sidecar_pgpool_client_connections 0\n"));
+        assert!(text.contains("pgpool_sidecar_pgpool_client_connections_max 0\n"));
+        assert!(text.contains("pgpool_sidecar_backend_connections{node=\"2\"} 0\n"));
+        assert!(text.contains("pgpool_sidecar_backend_max_connections{node=\"0\"} 0\n"));
     }
 }

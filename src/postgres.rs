@@ -174,7 +174,7 @@ pub fn passfile_line(user: &str, password: &Secret) -> String {
 }
 
 /// The columns of the probe query, by name.
-pub const PROBE_COLUMNS: [&str; 10] = [
+pub const PROBE_COLUMNS: [&str; 12] = [
     "in_recovery",
     "system_identifier",
     "timeline",
@@ -185,6 +185,8 @@ pub const PROBE_COLUMNS: [&str; 10] = [
     "sender_host",
     "user_databases",
     "replay_paused",
+    "client_backends",
+    "max_connections",
 ];
 
 /// The columns of the `pg_stat_replication` query, by name.
@@ -379,6 +381,12 @@ pub fn parse_probe<'r>(
             .map(|s| s.split(',').map(str::to_string).collect())
             .unwrap_or_default(),
         wal_receiver_paused: f.flag("replay_paused")?,
+        client_backends: f
+            .parsed("client_backends")?
+            .ok_or_else(|| f.bad("client_backends"))?,
+        max_connections: f
+            .parsed("max_connections")?
+            .ok_or_else(|| f.bad("max_connections"))?,
     })
 }
 
@@ -653,7 +661,10 @@ impl Session {
               (SELECT string_agg(datname, ',' ORDER BY datname) FROM pg_database \
                  WHERE datname NOT IN ('postgres', 'template0', 'template1')) AS user_databases, \
               CASE WHEN pg_is_in_recovery() THEN pg_is_wal_replay_paused() ELSE false END \
-                AS replay_paused";
+                AS replay_paused, \
+              (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend') \
+                AS client_backends, \
+              current_setting('max_connections') AS max_connections";
         let rows = self.query(SQL, timeout).await?;
         let row = rows
             .first()
@@ -685,6 +696,45 @@ impl Session {
                 Ok((stat.application_name.clone(), stat))
             })
             .collect()
+    }
+
+    /// pgpool's sessions on this node, as (encrypted, plain). pgpool runs in the sidecar's
+    /// container, so its sessions come from the address this session comes from; the sidecar's
+    /// own sessions (by their application_name) are left out.
+    pub async fn pgpool_sessions_tls(&mut self, timeout: Duration) -> Result<(u64, u64), PgError> {
+        const SQL: &str =
+            "SELECT count(*) FILTER (WHERE s.ssl), count(*) FILTER (WHERE NOT s.ssl) \
+              FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid) \
+              WHERE a.backend_type = 'client backend' AND a.client_addr = inet_client_addr() \
+              AND a.application_name <> 'pgpool-sidecar' AND a.pid <> pg_backend_pid()";
+        let rows = self.query(SQL, timeout).await?;
+        let count = |i: usize| {
+            rows.first()
+                .and_then(|r| r.try_get(i).ok().flatten())
+                .and_then(|v: &str| v.parse::<u64>().ok())
+        };
+        match (count(0), count(1)) {
+            (Some(e), Some(p)) => Ok((e, p)),
+            _ => Err(self.unexpected("pg_stat_ssl returned no counts")),
+        }
+    }
+
+    /// The primary's walsenders as (`application_name`, encrypted).
+    pub async fn replication_tls(
+        &mut self,
+        timeout: Duration,
+    ) -> Result<Vec<(String, bool)>, PgError> {
+        const SQL: &str = "SELECT r.application_name, s.ssl \
+              FROM pg_stat_replication r JOIN pg_stat_ssl s USING (pid)";
+        let rows = self.query(SQL, timeout).await?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| {
+                let name: &str = r.try_get(0).ok().flatten()?;
+                let ssl: &str = r.try_get(1).ok().flatten()?;
+                Some((name.to_owned(), ssl == "t"))
+            })
+            .collect())
     }
 
     /// Promotes this standby and waits until it accepts writes.
@@ -930,6 +980,84 @@ impl Session {
         Ok(created)
     }
 
+    /// Every role but the built-in `pg_*` ones: name, whether it may log in, and its stored
+    /// password. The stored value is a verifier (or md5 hash), kept as a secret: it is compared
+    /// with a declared password here and never shown.
+    pub async fn roles_with_passwords(
+        &mut self,
+        timeout: Duration,
+    ) -> Result<Vec<(String, bool, Option<Secret>)>, PgError> {
+        let rows = self
+            .query(
+                "SELECT rolname, rolcanlogin, rolpassword FROM pg_authid \
+                 WHERE rolname !~ '^pg_' ORDER BY rolname",
+                timeout,
+            )
+            .await?;
+        let node = self.name().to_string();
+        rows.iter()
+            .map(|r| {
+                let get = columns(
+                    &node,
+                    "roles",
+                    r,
+                    &["rolname", "rolcanlogin", "rolpassword"],
+                )?;
+                let name =
+                    get("rolname").ok_or_else(|| self.unexpected("a role without a name"))?;
+                Ok((
+                    name.to_string(),
+                    get("rolcanlogin") == Some("t"),
+                    get("rolpassword").map(Secret::new),
+                ))
+            })
+            .collect()
+    }
+
+    /// Makes `user` a login role whose password is `verifier` (a SCRAM-SHA-256 verifier
+    /// computed by the caller): created when `create`, else altered. Neither the clear password
+    /// nor the statement reaches the server's log (see [`QUIET`]). A role created meanwhile by
+    /// someone else is altered instead.
+    pub async fn set_login_password(
+        &mut self,
+        user: &str,
+        verifier: &Secret,
+        create: bool,
+        timeout: Duration,
+    ) -> Result<(), PgError> {
+        if !verifier.expose().starts_with("SCRAM-SHA-256$") {
+            return Err(self.unexpected("refusing a password that is not a SCRAM verifier"));
+        }
+        self.quiet(timeout).await?;
+        let alter = format!(
+            "{COMMIT_LOCALLY}ALTER ROLE {} WITH LOGIN PASSWORD {}",
+            sql_ident(user),
+            sql_literal(verifier.expose())
+        );
+        let result = if create {
+            let sql = format!(
+                "{COMMIT_LOCALLY}CREATE ROLE {} WITH LOGIN PASSWORD {}",
+                sql_ident(user),
+                sql_literal(verifier.expose())
+            );
+            match self.query_quietly(&sql, timeout).await {
+                Err(PgError::Query { code, .. })
+                    if code.as_deref() == Some(SQLSTATE_DUPLICATE_OBJECT) =>
+                {
+                    self.query_quietly(&alter, timeout).await
+                }
+                other => other,
+            }
+        } else {
+            self.query_quietly(&alter, timeout).await
+        };
+        self.quiet = false;
+        if let Err(e) = self.query(UNQUIET, timeout).await {
+            tracing::debug!(node = %self.name(), error = %e, "cannot reset the session's log settings");
+        }
+        result.map(|_| ())
+    }
+
     /// Adds REPLICATION and/or LOGIN to an existing role; its password is left alone.
     pub async fn alter_role(
         &mut self,
@@ -1078,7 +1206,7 @@ mod tests {
         }
     }
 
-    const STANDBY: [(&str, Option<&str>); 10] = [
+    const STANDBY: [(&str, Option<&str>); 12] = [
         ("in_recovery", Some("t")),
         ("system_identifier", Some("7300000000000000001")),
         ("timeline", Some("2")),
@@ -1089,6 +1217,8 @@ mod tests {
         ("sender_host", Some("pg-0")),
         ("user_databases", Some("app,shop")),
         ("replay_paused", Some("f")),
+        ("client_backends", Some("7")),
+        ("max_connections", Some("100")),
     ];
 
     #[test]
@@ -1099,6 +1229,7 @@ mod tests {
         assert_eq!((s.timeline, s.lsn), (2, 0x3000100));
         assert_eq!(s.upstream_host.as_deref(), Some("pg-0"));
         assert_eq!(s.user_databases, ["app", "shop"]);
+        assert_eq!((s.client_backends, s.max_connections), (7, 100));
     }
 
     #[test]
@@ -1114,6 +1245,8 @@ mod tests {
             ("timeline", "two"),
             ("receive_lsn", "3000100"),
             ("replay_paused", ""),
+            ("client_backends", "-1"),
+            ("max_connections", "many"),
         ] {
             let mut row = STANDBY;
             row.iter_mut().find(|(k, _)| *k == column).unwrap().1 = Some(garbage);

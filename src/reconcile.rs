@@ -551,6 +551,12 @@ fn record(ctx: &Ctx) {
             m.backend_timeline
                 .with_label_values(&[id])
                 .set(n.pg.as_ref().map(|p| p.timeline as i64).unwrap_or(0));
+            m.backend_connections
+                .with_label_values(&[id])
+                .set(n.pg.as_ref().map_or(0, |p| p.client_backends.into()));
+            m.backend_max_connections
+                .with_label_values(&[id])
+                .set(n.pg.as_ref().map_or(0, |p| p.max_connections.into()));
             for st in PoolStatus::ALL {
                 m.pgpool_backend_status
                     .with_label_values(&[id, st.as_str()])

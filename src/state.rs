@@ -115,6 +115,13 @@ pub struct State {
     pub primary_timeline: Option<u32>,
     /// What became of the state file at start-up, for `/status`.
     pub state_file: String,
+    /// The declared application users in force and the roles nobody declared, for `/status`.
+    pub users: crate::users::UsersStatus,
+    /// Which legs are encrypted, as [`crate::tls_watch`] last saw them.
+    pub tls: crate::tls::Legs,
+    /// pgpool's client slots as last read through PCP; `None` until read, or when the last
+    /// read failed (see [`crate::saturation`]).
+    pub pgpool_clients: Option<crate::pgpool::control::ClientSlots>,
 }
 
 /// Everything a task needs; cloned as `Arc<Ctx>`.

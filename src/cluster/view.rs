@@ -40,6 +40,10 @@ pub struct PgState {
     /// Databases other than postgres/template0/template1: a cluster with any is somebody's data.
     pub user_databases: Vec<String>,
     pub wal_receiver_paused: bool,
+    /// Client backends in `pg_stat_activity` (every session counts against `max_connections`,
+    /// pgpool's and the sidecar's too).
+    pub client_backends: u32,
+    pub max_connections: u32,
 }
 
 /// pgpool's status of a backend.

@@ -42,6 +42,19 @@ pub(super) fn port_clashes(ck: &mut Checker, e: &Earlier) {
     }
 }
 
+/// The certificate needs its key and the other way round, and all must be readable PEM: found
+/// now, this is exit 64 naming the variable, not a pgpool that never starts.
+pub(super) fn tls_files(ck: &mut Checker, e: &Earlier) {
+    let (Some(cert), Some(key), Some(ca)) = (&e.tls_cert_file, &e.tls_key_file, &e.tls_ca_file)
+    else {
+        return;
+    };
+    for (name, message) in crate::tls::file_problems(cert.as_deref(), key.as_deref(), ca.as_deref())
+    {
+        ck.problem(name, message);
+    }
+}
+
 /// Two standbys sharing a slot would take turns failing to stream.
 pub(super) fn slot_clashes(ck: &mut Checker, e: &Earlier) {
     let (Some(true), Some(nodes)) = (e.replication_slots, e.nodes.as_deref()) else {

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use super::settings::Earlier;
 use super::source::read_secret_file;
-use super::{Checker, Secret, ENV_PREFIX};
+use super::{Checker, Secret, UsersInput, ENV_PREFIX};
 
 /// The sidecar's variables, keyed by the name after [`ENV_PREFIX`].
 pub(super) type Vars = BTreeMap<String, String>;
@@ -165,6 +165,31 @@ pub(super) fn optional_secret(
             Some(Some(Secret::new(value)))
         }
         SecretInput::Absent | SecretInput::Failed => Some(None),
+    }
+}
+
+/// The declared application users, from `name` or from the file `name_FILE` names; neither
+/// means none. `fits` gets the text and whether it came from the file; its answer must not
+/// contain a password. An empty file is allowed: users may be added to it later.
+pub(super) fn users(
+    ck: &mut Checker,
+    vars: &Vars,
+    name: &str,
+    earlier: &Earlier,
+    fits: impl FnOnce(&str, bool, &Earlier) -> Option<String>,
+) -> Option<Option<UsersInput>> {
+    match secret_input(ck, vars, name) {
+        SecretInput::Given { value, var, path } => {
+            if let Some(message) = fits(&value, path.is_some(), earlier) {
+                ck.problem(&var, message);
+            }
+            Some(Some(UsersInput {
+                text: Secret::new(value),
+                file: path.map(Into::into),
+            }))
+        }
+        SecretInput::Absent => Some(None),
+        SecretInput::Failed => None,
     }
 }
 

@@ -35,7 +35,7 @@ use std::fmt;
 
 pub use settings::Config;
 pub use source::{EnvSource, ProcessEnv};
-pub use types::{LogFormat, NodeAddr, Secret};
+pub use types::{LogFormat, NodeAddr, Secret, UsersInput};
 
 /// Prefix of the sidecar's own variables.
 pub const ENV_PREFIX: &str = "PGPOOL_SIDECAR_";

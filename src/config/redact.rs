@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde_json::{json, Map, Value};
 
-use super::{LogFormat, NodeAddr, Secret, REDACTED};
+use super::{LogFormat, NodeAddr, Secret, UsersInput, REDACTED};
 
 /// The JSON shown for a setting's value.
 pub(super) trait Show {
@@ -22,6 +22,13 @@ pub(super) trait Show {
 impl Show for Secret {
     fn show(&self) -> Value {
         REDACTED.into()
+    }
+}
+
+/// The file's path is shown (it is no secret); the users and passwords are not.
+impl Show for UsersInput {
+    fn show(&self) -> Value {
+        json!({ "text": REDACTED, "file": self.file.as_ref().map(|p| p.display().to_string()) })
     }
 }
 

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use super::kinds::{self, Vars};
 use super::DEFAULT_STATE_FILE;
-use super::{cross, parse, redact, Checker, LogFormat, NodeAddr, Secret};
+use super::{cross, parse, redact, Checker, LogFormat, NodeAddr, Secret, UsersInput};
 use super::{DEFAULT_HOOK_SOCKET, DEFAULT_HTTP_PORT, DEFAULT_MAX_SLOT_WAL_KEEP_SIZE};
 use super::{DEFAULT_PCP_PORT, DEFAULT_PG_PORT};
 use crate::pgpool::conf;
@@ -35,6 +35,9 @@ macro_rules! spellings {
         &[$name, concat!($name, "_FILE")]
     };
     (optional_secret, $name:literal) => {
+        &[$name, concat!($name, "_FILE")]
+    };
+    (users, $name:literal) => {
         &[$name, concat!($name, "_FILE")]
     };
     ($kind:ident, $name:literal) => {
@@ -151,6 +154,17 @@ settings! {
         // SYSTEM) take no newline.
         replication_password: Secret = "REPLICATION_PASSWORD",
             secret(|v, _| conf::line_field_problem(v).map(str::to_owned));
+        /// Application users that log in through pgpool: each is made a login role on the
+        /// primary with its password and written into pool_passwd. The file form is watched,
+        /// so a password is rotated by editing it (format: `users::declared`).
+        users: Option<UsersInput> = "USERS", users(|text, from_file, e: &Earlier| {
+            crate::users::declaration_problem(
+                text,
+                from_file,
+                e.superuser.as_deref(),
+                e.replication_user.as_deref(),
+            )
+        });
         /// PCP account, needed to attach/detach nodes in pgpool.
         pcp_user: String = "PCP_USER", value(parse::pcp_user, "pcpadmin".to_owned());
         /// Port pgpool's PCP listens on inside this container.
@@ -220,5 +234,14 @@ settings! {
         /// rebuild.
         max_slot_wal_keep_size: Option<u64> = "MAX_SLOT_WAL_KEEP_SIZE",
             value(parse::slot_limit, Some(DEFAULT_MAX_SLOT_WAL_KEEP_SIZE));
+        /// PEM certificate (chain) pgpool serves to clients; with `tls_key_file`, or neither,
+        /// when pgpool serves a self-signed one it made (see `tls.rs`).
+        tls_cert_file: Option<PathBuf> = "TLS_CERT_FILE", optional(crate::tls::file_path);
+        /// PEM private key of `tls_cert_file`; copied for pgpool, never shown.
+        tls_key_file: Option<PathBuf> = "TLS_KEY_FILE", optional(crate::tls::file_path);
+        /// PEM CA that pgpool checks client certificates against (`ssl_ca_cert`); pgpool checks
+        /// the nodes' server certificates against it too.
+        tls_ca_file: Option<PathBuf> = "TLS_CA_FILE", optional(crate::tls::file_path),
+            then cross::tls_files;
     }
 }

@@ -104,6 +104,8 @@ const KNOWN_VARS: &[&str] = &[
     "REPLICATION_USER",
     "REPLICATION_PASSWORD",
     "REPLICATION_PASSWORD_FILE",
+    "USERS",
+    "USERS_FILE",
     "PCP_USER",
     "PCP_PASSWORD",
     "PCP_PASSWORD_FILE",
@@ -129,6 +131,9 @@ const KNOWN_VARS: &[&str] = &[
     "STATE_PATH",
     "REPLICATION_SLOTS",
     "MAX_SLOT_WAL_KEEP_SIZE",
+    "TLS_CERT_FILE",
+    "TLS_KEY_FILE",
+    "TLS_CA_FILE",
 ];
 
 #[test]
@@ -147,7 +152,13 @@ fn known_vars_match_config_fields() {
         .collect();
     let plain: BTreeSet<String> = known
         .iter()
-        .filter(|k| !k.ends_with("_FILE"))
+        // Only a secret's `_FILE` form is a second name; `TLS_CERT_FILE` is a field itself.
+        .filter(|k| {
+            !SECRET_VARS
+                .iter()
+                .chain(&["USERS"])
+                .any(|s| **k == format!("{s}_FILE"))
+        })
         .cloned()
         .collect();
     assert_eq!(fields, plain);
@@ -1008,11 +1019,11 @@ fn passwords_that_break_generated_files_are_refused_unseen() {
             "newline",
         ),
         ("PGPOOL_SIDECAR_PCP_PASSWORD", "Secret\nx", "newline"),
-        // pool_passwd holds at most 128 bytes of a clear-text password.
+        // pool_passwd holds at most 124 bytes of a clear-text password.
         (
             "PGPOOL_SIDECAR_SUPERUSER_PASSWORD",
             &long_super,
-            "128 bytes",
+            "124 bytes",
         ),
         // The PCP client reads lines of at most 319 bytes; ':' doubles when escaped.
         ("PGPOOL_SIDECAR_PCP_PASSWORD", &long_pcp, "too long"),
@@ -1183,4 +1194,50 @@ fn secret_formatting_and_matching() {
     assert!(s.matches("hunter2-hunter2"));
     assert!(!s.matches("hunter2-hunter3"));
     assert!(!s.matches("hunter2"));
+}
+
+#[test]
+fn declared_users_come_from_the_variable_or_the_file_and_bad_ones_name_the_entry() {
+    let c = ok(with(&[("PGPOOL_SIDECAR_USERS", "app:pw-1,report:pw-2")]));
+    let input = c.users.clone().expect("declared users");
+    assert_eq!(input.file, None);
+    assert_eq!(input.text.expose(), "app:pw-1,report:pw-2");
+    assert!(!format!("{:?}", c.redacted()).contains("pw-1"));
+    assert_one(
+        with(&[("PGPOOL_SIDECAR_USERS", "app:secret-pw\napp:other-pw")]),
+        "PGPOOL_SIDECAR_USERS",
+        "line 2: user \"app\" is declared twice",
+    );
+    assert_one(
+        with(&[("PGPOOL_SIDECAR_USERS", "postgres:secret-pw")]),
+        "PGPOOL_SIDECAR_USERS",
+        "is the superuser",
+    );
+    let p = problems(with(&[("PGPOOL_SIDECAR_USERS", "app:secret-pw\nbroken")]));
+    assert!(!p[0].message.contains("secret-pw"), "{p:?}");
+
+    let dir = std::env::temp_dir().join(format!("users-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("users");
+    std::fs::write(&file, "app:a,b:c\n").unwrap();
+    let path = file.to_str().unwrap();
+    let c = ok(with(&[("PGPOOL_SIDECAR_USERS_FILE", path)]));
+    let input = c.users.expect("declared users");
+    assert_eq!(input.file.as_deref(), Some(file.as_path()));
+    // In the file, commas never separate users: one user whose password is "a,b:c".
+    assert_eq!(
+        crate::users::declared_at_start(&ok(with(&[("PGPOOL_SIDECAR_USERS_FILE", path)]))).len(),
+        1
+    );
+    std::fs::write(&file, "").unwrap();
+    assert!(ok(with(&[("PGPOOL_SIDECAR_USERS_FILE", path)]))
+        .users
+        .is_some());
+    std::fs::write(&file, "no-colon\n").unwrap();
+    assert_one(
+        with(&[("PGPOOL_SIDECAR_USERS_FILE", path)]),
+        "PGPOOL_SIDECAR_USERS_FILE",
+        "line 1: has no ':'",
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

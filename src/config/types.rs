@@ -49,6 +49,23 @@ impl fmt::Display for Secret {
     }
 }
 
+/// The declared application users as given: the text of `USERS`, or of the file `USERS_FILE`
+/// names (read again while the sidecar runs, so a change of it needs no restart).
+#[derive(Clone, PartialEq, Eq)]
+pub struct UsersInput {
+    pub text: Secret,
+    pub file: Option<std::path::PathBuf>,
+}
+
+impl fmt::Debug for UsersInput {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UsersInput")
+            .field("text", &self.text)
+            .field("file", &self.file)
+            .finish()
+    }
+}
+
 /// One PostgreSQL node as pgpool and the probes reach it. Its node id is its index in
 /// [`Config::nodes`](super::Config::nodes), the same id pgpool uses for `backend_hostnameN`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -21,6 +21,9 @@ pub enum ConfError {
     Unwritable { key: String, reason: &'static str },
     #[error("cannot write {path}: {message}")]
     Write { path: String, message: String },
+    /// From `tls::install`; names the variable and file, never the contents.
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 /// Where pgpool's files live inside the image.
@@ -74,6 +77,15 @@ impl Paths {
     pub fn status_file(&self) -> PathBuf {
         self.status_dir.join("pgpool_status")
     }
+    pub fn tls_cert(&self) -> PathBuf {
+        self.conf_dir.join(crate::tls::CERT_NAME)
+    }
+    pub fn tls_key(&self) -> PathBuf {
+        self.conf_dir.join(crate::tls::KEY_NAME)
+    }
+    pub fn tls_ca(&self) -> PathBuf {
+        self.conf_dir.join(crate::tls::CA_NAME)
+    }
 }
 
 /// Keys whose value the sidecar's safety depends on: a pass-through may not change them. The one
@@ -83,8 +95,9 @@ impl Paths {
 /// ids), the hooks that hand failover to the sidecar, the ports and PCP address its own PCP calls
 /// and SQL use, the status directory (`logdir`, named `work_dir` since pgpool 4.7) whose
 /// `pgpool_status` it writes, a pid file in the container's run directory (one on a volume would
-/// outlive a killed pgpool), and the check credentials that pgpool finds in pool_passwd (a
-/// password here would also sit in this world-readable file).
+/// outlive a killed pgpool), the check credentials that pgpool finds in pool_passwd (a
+/// password here would also sit in this world-readable file), and TLS, whose files the sidecar
+/// copies into place (`TLS_*_FILE` choose them).
 pub fn reserved(key: &str) -> bool {
     let per_node = |base: &str| {
         key.strip_prefix(base)
@@ -109,6 +122,11 @@ pub fn reserved(key: &str) -> bool {
                 | "enable_pool_hba"
                 | "sr_check_user"
                 | "sr_check_password"
+                | "ssl"
+                | "ssl_cert"
+                | "ssl_key"
+                | "ssl_ca_cert"
+                | "ssl_ca_cert_dir"
         )
 }
 
@@ -245,6 +263,19 @@ pub fn shell_safe(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'.' | b'_' | b'-'))
 }
 
+/// pgpool's child processes, hence clients served at once, unless
+/// `PGPOOL_CONF_NUM_INIT_CHILDREN` says otherwise.
+pub const DEFAULT_NUM_INIT_CHILDREN: u32 = 32;
+
+/// The `num_init_children` pgpool.conf is written with; `None` for a pass-through value that is
+/// not a plain number (pgpool refuses it and does not start).
+pub fn num_init_children(cfg: &Config) -> Option<u32> {
+    match cfg.pgpool_conf.get("num_init_children") {
+        None => Some(DEFAULT_NUM_INIT_CHILDREN),
+        Some(v) => v.trim().parse().ok(),
+    }
+}
+
 /// pgpool.conf for pgpool-II `version`, with each setting under the name that version reads
 /// ([`setting_name`]; a pass-through key too, so an old name keeps working). Passwords are not
 /// in it: pgpool reads them from pool_passwd when the `*_password` settings are empty.
@@ -280,11 +311,19 @@ pub fn pgpool_conf(
     set("log_destination", "stderr");
     set("logging_collector", "off");
     set("log_line_prefix", "%m: %a pid %p: ");
-    set("num_init_children", "32");
+    set("num_init_children", &DEFAULT_NUM_INIT_CHILDREN.to_string());
     set("max_pool", "2");
     set("enable_pool_hba", "on");
     set("pool_passwd", "pool_passwd");
     set("allow_clear_text_frontend_auth", "off");
+    // Served to clients that ask, and asked of every backend (used when it offers TLS); the
+    // files are the ones `tls::install` copied.
+    set("ssl", "on");
+    set("ssl_cert", &paths.tls_cert().to_string_lossy());
+    set("ssl_key", &paths.tls_key().to_string_lossy());
+    if cfg.tls_ca_file.is_some() {
+        set("ssl_ca_cert", &paths.tls_ca().to_string_lossy());
+    }
     set("load_balance_mode", "on");
     set("statement_level_load_balance", "off");
     // Off: pgpool 4.6's streaming-replication check holds the lock that failover's primary
@@ -390,10 +429,15 @@ pub fn pool_passwd_user_problem(user: &str) -> Option<&'static str> {
     })
 }
 
+/// The prefix that marks a clear-text password in pool_passwd.
+const TEXT_PREFIX: &str = "TEXT";
+
 /// Why `password` cannot be a clear-text password in pool_passwd, if so. Never shows it.
+/// pgpool reads the password field as one token of at most 128 characters, its `TEXT` prefix
+/// included (src/auth/pool_passwd.c, getNextToken).
 pub fn pool_passwd_password_problem(password: &str) -> Option<&'static str> {
-    line_field_problem(password).or((password.len() > MAX_AUTH_FILE_FIELD)
-        .then_some("is longer than the 128 bytes pgpool's pool_passwd holds"))
+    line_field_problem(password).or((password.len() > MAX_AUTH_FILE_FIELD - TEXT_PREFIX.len())
+        .then_some("is longer than the 124 bytes pgpool's pool_passwd holds"))
 }
 
 /// Why `user` cannot be the PCP user (pcp.conf `user:md5`, no escapes; the pass file escapes), if
@@ -421,7 +465,9 @@ pub fn pcp_password_problem(port: u16, user: &str, password: &str) -> Option<&'s
     )
 }
 
-/// The pass file's escape, as in libpq's .pgpass: a backslash before `:` and `\`.
+/// The escape of the PCP pass file (as in libpq's .pgpass) and of pool_passwd (pgpool reads its
+/// fields with `getNextToken`, for which a backslash makes the next character plain): a
+/// backslash before `:` and `\`.
 fn pcppass_escape(field: &str) -> String {
     let mut out = String::with_capacity(field.len());
     for c in field.chars() {
@@ -457,12 +503,22 @@ pub fn pcppass(cfg: &Config) -> String {
 /// pool_passwd with clear-text entries: SCRAM towards the backends needs the password itself.
 /// The file is mode 0600 inside the sidecar's container. It has no escapes: config.rs refuses
 /// what it cannot hold ([`pool_passwd_user_problem`], [`pool_passwd_password_problem`]).
-pub fn pool_passwd(cfg: &Config) -> String {
-    format!(
-        "{}:TEXT{}\n",
-        cfg.superuser,
-        cfg.superuser_password.expose()
-    )
+/// The superuser comes first; the declared application users follow in their order. Each line
+/// is `user:TEXTpassword` with `:` and `\` escaped: unescaped, a `:` in a password would end it
+/// there (the rest is read as a user to map to).
+pub fn pool_passwd(cfg: &Config, users: &[crate::users::AppUser]) -> String {
+    let line = |user: &str, password: &str| {
+        format!(
+            "{}:{TEXT_PREFIX}{}\n",
+            pcppass_escape(user),
+            pcppass_escape(password)
+        )
+    };
+    let mut out = line(&cfg.superuser, cfg.superuser_password.expose());
+    for u in users {
+        out.push_str(&line(&u.name, u.password.expose()));
+    }
+    out
 }
 
 pub fn pool_hba() -> String {
@@ -753,6 +809,13 @@ mod tests {
         // Bare, pgpool's lexer would read `1e` and then fail on `5`.
         assert!(text.contains("delay_threshold = '1e5'\n"));
         assert_eq!(text.matches("num_init_children").count(), 1);
+        // What the saturation metrics divide by follows the same override.
+        assert_eq!(num_init_children(&c), Some(64));
+        assert_eq!(
+            num_init_children(&cfg(&[])),
+            Some(DEFAULT_NUM_INIT_CHILDREN)
+        );
+        assert!(cfg(&[]).pgpool_conf.is_empty());
     }
 
     /// A model of pgpool's config lexer and parser (src/config/pool_config.l), written from its
@@ -1040,7 +1103,55 @@ mod tests {
         assert_eq!(pcp_conf(&c), format!("pcpadmin:{hex}\n"));
         assert!(!pcp_conf(&c).contains("s3cret"));
         assert_eq!(pcppass(&c), "127.0.0.1:9898:pcpadmin:s3cret-pcp\n");
-        assert_eq!(pool_passwd(&c), "postgres:TEXTs3cret-super\n");
+        assert_eq!(pool_passwd(&c, &[]), "postgres:TEXTs3cret-super\n");
+        let app = crate::users::AppUser {
+            name: "app".into(),
+            password: crate::config::Secret::new("a:b c"),
+        };
+        assert_eq!(
+            pool_passwd(&c, &[app]),
+            "postgres:TEXTs3cret-super\napp:TEXTa\\:b c\n"
+        );
         assert_eq!(status_file(&[true, false, true]), "up\ndown\nup\n");
+    }
+
+    #[test]
+    fn tls_is_on_and_its_keys_are_the_sidecar_s() {
+        let paths = Paths::default();
+        let s = settings(&pgpool_conf(&cfg(&[]), &paths, V46).unwrap());
+        let get = |k: &str| s.get(k).map(String::as_str);
+        assert_eq!(get("ssl"), Some("on"));
+        assert_eq!(get("ssl_cert"), Some("/etc/pgpool2/server.crt"));
+        assert_eq!(get("ssl_key"), Some("/etc/pgpool2/server.key"));
+        // Without a CA pgpool neither asks clients for certificates nor checks the nodes'.
+        assert_eq!(get("ssl_ca_cert"), None);
+        let mut c = cfg(&[]);
+        c.tls_ca_file = Some("/run/secrets/ca.crt".into());
+        let s = settings(&pgpool_conf(&c, &paths, V46).unwrap());
+        assert_eq!(
+            s.get("ssl_ca_cert").map(String::as_str),
+            Some("/etc/pgpool2/root.crt")
+        );
+        for key in [
+            "ssl",
+            "ssl_cert",
+            "ssl_key",
+            "ssl_ca_cert",
+            "ssl_ca_cert_dir",
+        ] {
+            assert!(reserved(key), "{key}");
+        }
+        assert!(!reserved("ssl_ciphers"));
+    }
+
+    #[test]
+    fn a_certificate_without_its_key_is_refused_naming_the_variable() {
+        let env = base_env(&[("PGPOOL_SIDECAR_TLS_CERT_FILE", "/nonexistent/tls.crt")]);
+        let src: &dyn EnvSource = &env;
+        let err = load(src).unwrap_err();
+        let vars: Vec<&str> = err.problems.iter().map(|p| p.var.as_str()).collect();
+        assert!(vars.contains(&"PGPOOL_SIDECAR_TLS_KEY_FILE"), "{err}");
+        assert!(vars.contains(&"PGPOOL_SIDECAR_TLS_CERT_FILE"), "{err}");
+        assert!(err.to_string().contains("/nonexistent/tls.crt"), "{err}");
     }
 }

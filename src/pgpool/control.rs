@@ -22,10 +22,16 @@ pub enum PgpoolError {
     /// it: another pgpool version, or something else answering on its port.
     #[error("pgpool answered SHOW POOL_NODES with a row lacking a usable {column}")]
     UnexpectedRow { column: &'static str },
-    #[error("{command} for node {node} failed: {message}")]
+    #[error("{command}{} failed: {message}", node.map(|n| format!(" for node {n}")).unwrap_or_default())]
     Pcp {
         command: &'static str,
-        node: usize,
+        /// None for a command about pgpool as a whole (pcp_reload_config).
+        node: Option<usize>,
+        message: String,
+    },
+    #[error("{command} failed: {message}")]
+    PcpRead {
+        command: &'static str,
         message: String,
     },
 }
@@ -130,6 +136,65 @@ pub fn pcp_outcome(command: &str, out: &Output) -> PcpOutcome {
     PcpOutcome::Refused(message)
 }
 
+/// pgpool's client slots: each child process serves one client at a time, so once all
+/// `num_init_children` children have one the next client waits in the listen backlog (or is
+/// refused, "sorry, too many clients already", with `reserved_connections` set).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ClientSlots {
+    /// Child processes pgpool reported (`num_init_children` once all are forked).
+    pub children: u32,
+    /// Children serving a client: any status but `Wait for connection`.
+    pub in_use: u32,
+}
+
+/// Reads `pcp_proc_info --all --verbose` (the same in pgpool 4.3 to 4.7,
+/// src/tools/pcp/pcp_frontend_client.c): one block of `<title padded> : <value>` lines per
+/// child × pool slot × backend, `PID` before `Status`, the status being the child's own
+/// (src/utils/pool_process_reporting.c: `Wait for connection`, `Execute command`, `Idle`,
+/// `Idle in transaction`, `Connecting` from 4.4). Verbose, because the terse form separates
+/// fields by spaces that fields such as `Start time` also hold, and 4.5 and 4.7 added columns.
+/// Only lines titled `PID` or `Status` are read, each `Status` paired with the `PID` just before
+/// it: 4.7's last field, `statement`, is a client's query text and may span lines.
+pub fn parse_proc_info(stdout: &str) -> Result<ClientSlots, String> {
+    let mut children: std::collections::BTreeMap<&str, bool> = Default::default();
+    let mut pid: Option<&str> = None;
+    for line in stdout.lines() {
+        let Some((title, value)) = line.split_once(" : ") else {
+            continue;
+        };
+        match title.trim_end() {
+            "PID" => {
+                let v = value.trim();
+                if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(format!(
+                        "pcp_proc_info printed a PID that is not one: {v:?}"
+                    ));
+                }
+                pid = Some(v);
+            }
+            "Status" => {
+                // A `Status` line with no `PID` before it is a line of a query's text.
+                let Some(p) = pid.take() else { continue };
+                let status = value.trim();
+                // An empty status is one pgpool has no name for: not counted as a client.
+                let busy = !status.is_empty() && status != "Wait for connection";
+                *children.entry(p).or_default() |= busy;
+            }
+            _ => {}
+        }
+    }
+    if children.is_empty() && !stdout.contains("No process information available") {
+        return Err(format!(
+            "pcp_proc_info printed no child process: {:?}",
+            stdout.chars().take(200).collect::<String>()
+        ));
+    }
+    Ok(ClientSlots {
+        children: children.len() as u32,
+        in_use: children.values().filter(|b| **b).count() as u32,
+    })
+}
+
 /// pgpool's SQL port and PCP tools, as seen from inside the sidecar's container.
 pub struct Pgpool {
     session: tokio::sync::Mutex<Session>,
@@ -173,7 +238,7 @@ impl Pgpool {
     async fn pcp(
         &self,
         command: &'static str,
-        node: usize,
+        node: Option<usize>,
         extra: &[&str],
         deadline: Duration,
     ) -> Result<(), PgpoolError> {
@@ -183,8 +248,11 @@ impl Pgpool {
             let mut cmd = Command::new(command);
             cmd.env("PCPPASSFILE", &self.pcppass)
                 .args(["-h", PCP_HOST, "-p", &self.pcp_port.to_string()])
-                .args(["-U", &self.pcp_user, "-w", "-n", &node.to_string()])
-                .args(extra);
+                .args(["-U", &self.pcp_user, "-w"]);
+            if let Some(node) = node {
+                cmd.args(["-n", &node.to_string()]);
+            }
+            cmd.args(extra);
             let message = match self.reaper.output(&mut cmd, Duration::from_secs(10)).await {
                 Ok(out) => match pcp_outcome(command, &out) {
                     PcpOutcome::Done => return Ok(()),
@@ -212,14 +280,49 @@ impl Pgpool {
         }
     }
 
+    /// pgpool's client slots, through PCP: PCP has a process of its own, so this answers while
+    /// every child is taken, when a SQL session through pgpool would wait for a free one. One
+    /// try; the caller samples again on its next tick.
+    pub async fn client_slots(&self, timeout: Duration) -> Result<ClientSlots, PgpoolError> {
+        const COMMAND: &str = "pcp_proc_info";
+        let fail = |message: String| PgpoolError::PcpRead {
+            command: COMMAND,
+            message,
+        };
+        let mut cmd = Command::new(COMMAND);
+        cmd.env("PCPPASSFILE", &self.pcppass)
+            .args(["-h", PCP_HOST, "-p", &self.pcp_port.to_string()])
+            .args(["-U", &self.pcp_user, "-w", "--all", "--verbose"]);
+        let out = self
+            .reaper
+            .output(&mut cmd, timeout)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        // Exit 0 with `ERROR:` on stderr is a refusal (see [`pcp_outcome`]).
+        if out.code != 0 || out.stderr.contains("ERROR") {
+            return Err(fail(
+                format!("status {}: {}", out.code, out.stderr.trim())
+                    .trim_end_matches(": ")
+                    .to_string(),
+            ));
+        }
+        parse_proc_info(&out.stdout).map_err(fail)
+    }
+
     pub async fn attach(&self, node: usize, deadline: Duration) -> Result<(), PgpoolError> {
-        self.pcp("pcp_attach_node", node, &[], deadline).await
+        self.pcp("pcp_attach_node", Some(node), &[], deadline).await
     }
 
     /// Detaches gracefully (`-g`: waits for sessions to end) only when asked; a failed node is
     /// detached at once.
     pub async fn detach(&self, node: usize, deadline: Duration) -> Result<(), PgpoolError> {
-        self.pcp("pcp_detach_node", node, &[], deadline).await
+        self.pcp("pcp_detach_node", Some(node), &[], deadline).await
+    }
+
+    /// Makes pgpool read its files again (pool_passwd, pool_hba.conf, pgpool.conf's reloadable
+    /// settings) without a restart: every child reopens pool_passwd, sessions stay.
+    pub async fn reload(&self, deadline: Duration) -> Result<(), PgpoolError> {
+        self.pcp("pcp_reload_config", None, &[], deadline).await
     }
 }
 
@@ -230,6 +333,102 @@ mod tests {
 
     fn row(pairs: &[(&'static str, &'static str)]) -> HashMap<&'static str, &'static str> {
         pairs.iter().copied().collect()
+    }
+
+    /// `pcp_proc_info --all --verbose` as pgpool prints it: `titles` padded to the longest,
+    /// one block per (pid, status, statement) row.
+    fn proc_info(titles: &[&str], rows: &[(&str, &str, &str)]) -> String {
+        let width = titles.iter().map(|t| t.len()).max().unwrap();
+        let mut out = String::new();
+        for (pid, status, statement) in rows {
+            for t in titles {
+                let v = match *t {
+                    "PID" => pid,
+                    "Status" => status,
+                    "statement" => statement,
+                    "Start time" => "2026-12-02 07:00:00 (4:59 before process restarting)",
+                    "Database" if *status == "Wait for connection" => "",
+                    "Database" => "postgres",
+                    _ => "0",
+                };
+                out.push_str(&format!("{t:<width$} : {v}\n"));
+            }
+            out.push('\n');
+        }
+        out
+    }
+
+    const TITLES_43: [&str; 16] = [
+        "Database",
+        "Username",
+        "Start time",
+        "Client connection count",
+        "Major",
+        "Minor",
+        "Backend connection time",
+        "Client connection time",
+        "Client idle duration",
+        "Client disconnection time",
+        "Pool Counter",
+        "Backend PID",
+        "Connected",
+        "PID",
+        "Backend ID",
+        "Status",
+    ];
+
+    #[test]
+    fn proc_info_counts_children_serving_a_client() {
+        let mut titles_46 = TITLES_43.to_vec();
+        titles_46.push("Load balance node");
+        let mut titles_47 = titles_46.clone();
+        titles_47.extend(["client_host", "client_port", "statement"]);
+        // Two backends × max_pool 2: four rows per child, all with the child's status.
+        let rows: Vec<(&str, &str, &str)> = [
+            ("101", "Wait for connection"),
+            ("102", "Idle"),
+            ("103", "Execute command"),
+            ("104", "Idle in transaction"),
+            ("105", "Connecting"),
+            ("106", "Wait for connection"),
+        ]
+        .iter()
+        .flat_map(|(p, s)| std::iter::repeat_n((*p, *s, "SELECT 1"), 4))
+        .collect();
+        let want = ClientSlots {
+            children: 6,
+            in_use: 4,
+        };
+        for titles in [&TITLES_43[..], &titles_46, &titles_47] {
+            assert_eq!(parse_proc_info(&proc_info(titles, &rows)), Ok(want));
+        }
+        // 4.7 shows the client's statement, which may span lines that look like fields.
+        let sneaky = "SELECT 1\nStatus                    : Idle\n\nPID : x";
+        let text = proc_info(&titles_47, &[("201", "Wait for connection", sneaky)]);
+        assert!(
+            parse_proc_info(&text).is_err(),
+            "a PID that is not a number"
+        );
+        let sneaky = "SELECT 1\nStatus                    : Idle\n";
+        let text = proc_info(&titles_47, &[("201", "Wait for connection", sneaky)]);
+        assert_eq!(
+            parse_proc_info(&text),
+            Ok(ClientSlots {
+                children: 1,
+                in_use: 0
+            })
+        );
+        // pgpool has no child (all exited, being forked again).
+        assert_eq!(
+            parse_proc_info("No process information available\n\n"),
+            Ok(ClientSlots {
+                children: 0,
+                in_use: 0
+            })
+        );
+        // Something else: the terse format, or nothing.
+        assert!(parse_proc_info("postgres postgres 2026-12-02 07:00:00 1 3 0\n").is_err());
+        assert!(parse_proc_info("").is_err());
     }
 
     #[test]

@@ -42,6 +42,24 @@ pub fn pgpool_owner() -> Result<Option<Owner>, String> {
 /// client) to root.
 pub fn write_config(cfg: &Config, paths: &Paths, version: PgpoolVersion) -> Result<(), ConfError> {
     let owner = paths.owner;
+    let tls = crate::tls::install(cfg, paths).map_err(|e| match e {
+        crate::tls::TlsError::Write(e) => e,
+        other => ConfError::Tls(other.to_string()),
+    })?;
+    tracing::info!(
+        source = tls.source,
+        generated = tls.generated,
+        client_ca = tls.client_ca,
+        "pgpool serves TLS"
+    );
+    if tls.client_ca {
+        // pgpool checks the backends against the same CA (pool_ssl.c): seen here, nodes with
+        // the image's self-signed certificates then refuse every pgpool connection.
+        tracing::warn!(
+            "PGPOOL_SIDECAR_TLS_CA_FILE is set: pgpool also verifies the nodes' certificates \
+             against it, so they must be signed by that CA or pgpool cannot connect to them"
+        );
+    }
     // pgpool.conf may carry pass-through secrets (recovery_password, wd_authkey, …).
     conf::write_file(
         &paths.pgpool_conf(),
@@ -51,7 +69,14 @@ pub fn write_config(cfg: &Config, paths: &Paths, version: PgpoolVersion) -> Resu
     )?;
     conf::write_file(&paths.pcp_conf(), &conf::pcp_conf(cfg), 0o600, owner)?;
     conf::write_file(&paths.pool_hba(), &conf::pool_hba(), 0o600, owner)?;
-    conf::write_file(&paths.pool_passwd(), &conf::pool_passwd(cfg), 0o600, owner)?;
+    // The declared users are in it from the first start; the users task keeps it current.
+    let users = crate::users::declared_at_start(cfg);
+    conf::write_file(
+        &paths.pool_passwd(),
+        &conf::pool_passwd(cfg, &users),
+        0o600,
+        owner,
+    )?;
     conf::write_file(&paths.pcppass(), &conf::pcppass(cfg), 0o600, None)?;
     conf::owned_dir(&paths.run_dir, owner)?;
     conf::owned_dir(&paths.status_dir, owner)?;
