@@ -267,10 +267,11 @@ pub fn install(cfg: &Config, paths: &Paths) -> Result<Installed, TlsError> {
     let owner = paths.owner;
     // OpenSSL in pgpool reads them as pgpool's user; the key is for it alone.
     conf::write_file(&paths.tls_key(), &pair.key, 0o600, owner)?;
-    conf::write_file(&paths.tls_cert(), &pair.cert, 0o644, owner)?;
+    // 0600 like everything else pgpool reads there: only its user needs it.
+    conf::write_file(&paths.tls_cert(), &pair.cert, 0o600, owner)?;
     if let Some(ca) = ca {
         let text = read_pem("TLS_CA_FILE", ca, Pem::Certificate)?;
-        conf::write_file(&paths.tls_ca(), &text, 0o644, owner)?;
+        conf::write_file(&paths.tls_ca(), &text, 0o600, owner)?;
     }
     Ok(Installed {
         source: src.kind(),
