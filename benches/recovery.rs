@@ -14,18 +14,14 @@ use std::time::Duration;
 
 use common::*;
 
-fn summary(label: &str, mut v: Vec<f64>) -> String {
-    if v.is_empty() {
-        return format!("{label}: no successful round");
+fn summary(label: &str, v: Vec<f64>) -> String {
+    let rounds = v.len();
+    match spread(v) {
+        None => format!("{label}: no successful round"),
+        Some((min, median, max)) => format!(
+            "{label}: min {min:.2} s  median {median:.2} s  max {max:.2} s  ({rounds} rounds)"
+        ),
     }
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    format!(
-        "{label}: min {:.2} s  median {:.2} s  max {:.2} s  ({} rounds)",
-        v[0],
-        v[v.len() / 2],
-        v[v.len() - 1],
-        v.len()
-    )
 }
 
 async fn primary(c: &Cluster) -> String {

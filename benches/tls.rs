@@ -15,18 +15,14 @@ use std::process::Command;
 
 use common::*;
 
-fn summary(label: &str, mut v: Vec<f64>) -> String {
-    if v.is_empty() {
-        return format!("{label}: no successful round");
+fn summary(label: &str, v: Vec<f64>) -> String {
+    let rounds = v.len();
+    match spread(v) {
+        None => format!("{label}: no successful round"),
+        Some((min, median, max)) => format!(
+            "{label}: min {min:.0} tps  median {median:.0} tps  max {max:.0} tps  ({rounds} rounds)"
+        ),
     }
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    format!(
-        "{label}: min {:.0} tps  median {:.0} tps  max {:.0} tps  ({} rounds)",
-        v[0],
-        v[v.len() / 2],
-        v[v.len() - 1],
-        v.len()
-    )
 }
 
 /// pgbench in a throw-away container of the node image on the cluster's network; the password

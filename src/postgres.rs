@@ -253,6 +253,17 @@ const UNQUIET: &str = "RESET log_min_error_statement; RESET log_statement; \
     RESET log_min_duration_statement; RESET log_min_duration_sample; \
     RESET log_transaction_sample_rate";
 
+/// What a role statement expects of the role it names.
+#[derive(Clone, Copy)]
+enum RoleIs {
+    /// Absent: create it; one created meanwhile is left as it is.
+    Absent,
+    /// Absent: create it; one created meanwhile is altered.
+    AbsentElseAlter,
+    /// There: alter it.
+    Present,
+}
+
 /// The first of `expected` that the row does not have.
 pub fn first_missing(
     expected: &[&'static str],
@@ -946,38 +957,16 @@ impl Session {
 
     /// Creates `user` as a replication role whose password is `verifier`, a SCRAM-SHA-256
     /// verifier computed by the caller: the clear password never travels or lands in a log.
-    /// The statement is not logged either (see [`QUIET`]). True when this call created it.
+    /// The statement is not logged either (see [`QUIET`]). True when this call created it; a
+    /// role created meanwhile by someone else is left as it is.
     pub async fn create_replication_role(
         &mut self,
         user: &str,
         verifier: &Secret,
         timeout: Duration,
     ) -> Result<bool, PgError> {
-        if !verifier.expose().starts_with("SCRAM-SHA-256$") {
-            return Err(self.unexpected("refusing a password that is not a SCRAM verifier"));
-        }
-        self.quiet(timeout).await?;
-        let sql = format!(
-            "{COMMIT_LOCALLY}CREATE ROLE {} WITH REPLICATION LOGIN PASSWORD {}",
-            sql_ident(user),
-            sql_literal(verifier.expose())
-        );
-        let created = match self.query_quietly(&sql, timeout).await {
-            // Created meanwhile by someone else: it is there, which is what was wanted.
-            Err(PgError::Query { code, .. })
-                if code.as_deref() == Some(SQLSTATE_DUPLICATE_OBJECT) =>
-            {
-                false
-            }
-            other => other.map(|_| true)?,
-        };
-        // Back to the server's log settings for whatever this session runs next (after a
-        // failure the connection, and its settings with it, are gone already).
-        self.quiet = false;
-        if let Err(e) = self.query(UNQUIET, timeout).await {
-            tracing::debug!(node = %self.name(), error = %e, "cannot reset the session's log settings");
-        }
-        Ok(created)
+        self.role_with_verifier(user, verifier, "REPLICATION LOGIN", RoleIs::Absent, timeout)
+            .await
     }
 
     /// Every role but the built-in `pg_*` ones: name, whether it may log in, and its stored
@@ -1025,37 +1014,67 @@ impl Session {
         create: bool,
         timeout: Duration,
     ) -> Result<(), PgError> {
+        let role = if create {
+            RoleIs::AbsentElseAlter
+        } else {
+            RoleIs::Present
+        };
+        self.role_with_verifier(user, verifier, "LOGIN", role, timeout)
+            .await
+            .map(|_| ())
+    }
+
+    /// Creates or alters `user` with `attrs` and the password `verifier`, the session quiet
+    /// for the statement. True when this call created the role.
+    async fn role_with_verifier(
+        &mut self,
+        user: &str,
+        verifier: &Secret,
+        attrs: &str,
+        role: RoleIs,
+        timeout: Duration,
+    ) -> Result<bool, PgError> {
         if !verifier.expose().starts_with("SCRAM-SHA-256$") {
             return Err(self.unexpected("refusing a password that is not a SCRAM verifier"));
         }
-        self.quiet(timeout).await?;
-        let alter = format!(
-            "{COMMIT_LOCALLY}ALTER ROLE {} WITH LOGIN PASSWORD {}",
-            sql_ident(user),
-            sql_literal(verifier.expose())
-        );
-        let result = if create {
-            let sql = format!(
-                "{COMMIT_LOCALLY}CREATE ROLE {} WITH LOGIN PASSWORD {}",
+        let statement = |verb: &str| {
+            format!(
+                "{COMMIT_LOCALLY}{verb} ROLE {} WITH {attrs} PASSWORD {}",
                 sql_ident(user),
                 sql_literal(verifier.expose())
-            );
-            match self.query_quietly(&sql, timeout).await {
-                Err(PgError::Query { code, .. })
-                    if code.as_deref() == Some(SQLSTATE_DUPLICATE_OBJECT) =>
-                {
-                    self.query_quietly(&alter, timeout).await
-                }
-                other => other,
-            }
-        } else {
-            self.query_quietly(&alter, timeout).await
+            )
         };
+        self.quiet(timeout).await?;
+        let result = match role {
+            RoleIs::Present => self
+                .query_quietly(&statement("ALTER"), timeout)
+                .await
+                .map(|_| false),
+            RoleIs::Absent | RoleIs::AbsentElseAlter => {
+                match self.query_quietly(&statement("CREATE"), timeout).await {
+                    // Created meanwhile by someone else.
+                    Err(PgError::Query { code, .. })
+                        if code.as_deref() == Some(SQLSTATE_DUPLICATE_OBJECT) =>
+                    {
+                        match role {
+                            RoleIs::AbsentElseAlter => self
+                                .query_quietly(&statement("ALTER"), timeout)
+                                .await
+                                .map(|_| false),
+                            _ => Ok(false),
+                        }
+                    }
+                    other => other.map(|_| true),
+                }
+            }
+        };
+        // Back to the server's log settings for whatever this session runs next (after a
+        // failure the connection, and its settings with it, are gone already).
         self.quiet = false;
         if let Err(e) = self.query(UNQUIET, timeout).await {
             tracing::debug!(node = %self.name(), error = %e, "cannot reset the session's log settings");
         }
-        result.map(|_| ())
+        result
     }
 
     /// Adds REPLICATION and/or LOGIN to an existing role; its password is left alone.

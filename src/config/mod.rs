@@ -34,6 +34,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 pub use settings::Config;
+pub(crate) use source::read_secret_file;
 pub use source::{EnvSource, ProcessEnv};
 pub use types::{LogFormat, NodeAddr, Secret, UsersInput};
 

@@ -45,7 +45,7 @@ impl EnvSource for HashMap<String, String> {
 }
 
 /// Reads a `*_FILE` secret: a regular file of at most [`MAX_SECRET_FILE`] bytes of UTF-8.
-pub(super) fn read_secret_file(path: &str) -> Result<String, String> {
+pub(crate) fn read_secret_file(path: &str) -> Result<String, String> {
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
 

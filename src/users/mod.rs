@@ -32,8 +32,9 @@ const SQL_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum UsersError {
-    #[error("the users file {path} cannot be read: {message}")]
-    Unreadable { path: String, message: String },
+    /// The message names the file (`file <path> ...`), as it does for every `*_FILE` secret.
+    #[error("the users {0}")]
+    Unreadable(String),
     #[error("{var}: {source}")]
     Declaration {
         var: &'static str,
@@ -50,7 +51,7 @@ pub enum UsersError {
 impl UsersError {
     fn stage(&self) -> &'static str {
         match self {
-            UsersError::Unreadable { .. } | UsersError::Declaration { .. } => "declaration",
+            UsersError::Unreadable(_) | UsersError::Declaration { .. } => "declaration",
             UsersError::Primary(_) => "roles",
             UsersError::PoolPasswd(_) => "pool_passwd",
             UsersError::Reload(_) => "reload",
@@ -131,34 +132,18 @@ pub fn declared_at_start(cfg: &Config) -> Vec<AppUser> {
         .unwrap_or_default()
 }
 
-/// Reads the users file as the config check did: a regular file, at most 64 KiB.
+/// Reads the users file by the config check's rules (a regular file, at most 64 KiB of UTF-8,
+/// trailing newlines dropped), so an unchanged file reads as the text checked at start.
 async fn read_file(path: &std::path::Path) -> Result<String, UsersError> {
-    let p = path.to_path_buf();
-    let unreadable = |message: String| UsersError::Unreadable {
-        path: path.display().to_string(),
-        message,
-    };
-    let read = tokio::task::spawn_blocking(move || -> Result<String, String> {
-        use std::io::Read;
-        let meta = std::fs::metadata(&p).map_err(|e| e.kind().to_string())?;
-        if !meta.is_file() {
-            return Err("it is not a regular file".into());
-        }
-        let mut text = String::new();
-        std::fs::File::open(&p)
-            .map_err(|e| e.kind().to_string())?
-            .take(64 * 1024 + 1)
-            .read_to_string(&mut text)
-            .map_err(|e| e.kind().to_string())?;
-        if text.len() > 64 * 1024 {
-            return Err("it is larger than 64 KiB".into());
-        }
-        Ok(text)
-    });
+    let p = path.to_string_lossy().into_owned();
+    let shown = p.clone();
+    let read = tokio::task::spawn_blocking(move || crate::config::read_secret_file(&p));
     match tokio::time::timeout(Duration::from_secs(5), read).await {
-        Ok(Ok(r)) => r.map_err(unreadable),
-        Ok(Err(e)) => Err(unreadable(e.to_string())),
-        Err(_) => Err(unreadable("reading took over 5 s".into())),
+        Ok(Ok(r)) => r.map_err(UsersError::Unreadable),
+        Ok(Err(e)) => Err(UsersError::Unreadable(format!("file {shown}: {e}"))),
+        Err(_) => Err(UsersError::Unreadable(format!(
+            "file {shown} took over 5 s to read"
+        ))),
     }
 }
 
@@ -297,9 +282,11 @@ fn session_for<'a>(
     primary: usize,
 ) -> &'a mut Session {
     if slot.as_ref().is_none_or(|(p, _)| *p != primary) {
-        *slot = Some((primary, Session::new(ctx.endpoint(primary))));
+        *slot = None;
     }
-    &mut slot.as_mut().expect("just set").1
+    &mut slot
+        .get_or_insert_with(|| (primary, Session::new(ctx.endpoint(primary))))
+        .1
 }
 
 async fn roles_of(session: &mut Session) -> Result<Vec<Role>, PgError> {
@@ -329,10 +316,10 @@ async fn apply(
     let s = session_for(ctx, session, primary);
     let roles = roles_of(s).await?;
     for change in roles::plan(users, &roles) {
-        let user = users
-            .iter()
-            .find(|u| u.name == change.name())
-            .expect("planned from these users");
+        // Planned from these users: every change names one of them.
+        let Some(user) = users.iter().find(|u| u.name == change.name()) else {
+            continue;
+        };
         // Computed here: the clear password is in no SQL text the server could log.
         let verifier = Secret::new(postgres_protocol::password::scram_sha_256(
             user.password.expose().as_bytes(),
