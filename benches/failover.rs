@@ -1,27 +1,40 @@
 //! Failover benchmark: prints figures, asserts nothing.
 //!
-//! For each fault — `docker kill`, `docker pause`, network disconnect of the primary — and for
-//! each setup — the sidecar, and pgpool alone (health check every 1 s, a failover_command that
-//! promotes `%m`, no follow_primary_command: what the old project gave) — it runs N rounds on a
-//! fresh cluster while a client writes through pgpool every 50 ms, and prints min / median / max
-//! of the write-unavailability window (fault → first acknowledged write) and of the time until
-//! every live standby streams from the new primary.
+//! What a client feels (tests/common/felt.rs): one session writing through pgpool every 50 ms,
+//! a new session only after a failure. For each fault of the primary — `docker kill`, the same
+//! in synchronous mode (`SYNCHRONOUS_STANDBYS=1`), `docker pause`, network disconnect — N
+//! rounds, each on the primary of the moment: the sidecar's cluster is not rebuilt between
+//! rounds, so every node takes its turn as primary. Per round, from the fault until the cluster
+//! is whole again (three nodes up in pgpool, two standbys streaming from the primary):
+//! - window: fault → the first acknowledged write after which writes stayed successful 1.5 s;
+//! - longest gap between two acknowledged writes (writes held rather than failed show here);
+//! - disconnects: established sessions lost (the target is exactly one per failover).
 //!
-//! Run: `cargo bench --bench failover -- [rounds] [kill|pause|disconnect ...] [--baseline-only|--sidecar-only]`
-//! Needs the images (`docker/build-images.sh`).
+//! Paused or disconnected primaries get their fault undone once writes are steady, so the
+//! rejoin is in the round too. Synchronous rounds also count acknowledged writes lost.
+//!
+//! pgpool alone (the old project's setup: health check every 1 s, a failover_command that
+//! promotes `%m`, no follow_primary_command) is the baseline, with the same client; it cannot
+//! heal, so each of its rounds is a fresh cluster and ends 5 s after the window.
+//!
+//! Prints min / median / max per fault, and per node that was primary.
+//!
+//! Run: `cargo bench --bench failover -- [rounds] [kill|sync|pause|disconnect ...]
+//! [--baseline-only|--sidecar-only]`. Needs the images (`docker/build-images.sh`).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use common::felt::{figures, Felt, Figures, Work, STEADY};
 use common::*;
 
 #[derive(Clone, Copy, PartialEq, Debug)]
 enum Fault {
     Kill,
+    SyncKill,
     Pause,
     Disconnect,
 }
@@ -30,11 +43,6 @@ enum Fault {
 enum Setup {
     Sidecar,
     PgpoolAlone,
-}
-
-struct Round {
-    unavailable: Option<f64>,
-    standbys_follow: Option<f64>,
 }
 
 /// Turns the running stack into the old project's setup: the sidecar stops; a plain pgpool with
@@ -96,126 +104,264 @@ fn pgpool_alone(c: &Cluster) -> String {
     name
 }
 
-async fn round(setup: Setup, fault: Fault, n: usize) -> Round {
-    let c = Cluster::new(&format!("bench{n}")).up().await;
-    c.wait_pool("pg-0", &["pg-0", "pg-1", "pg-2"], Duration::from_secs(120))
-        .await;
-    c.create_acked_table().await;
-    let ports: Vec<Option<u16>> = ["pg-1", "pg-2"].iter().map(|n| c.node_port(n)).collect();
-    let baseline = (setup == Setup::PgpoolAlone).then(|| pgpool_alone(&c));
-    if baseline.is_some() {
-        c.write_until_ok(0, Duration::from_secs(60)).await;
+/// Polls `f` every 100 ms until it gives a value or `limit` passes.
+async fn poll<T, F, Fut>(limit: Duration, mut f: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if let Some(v) = f().await {
+            return Some(v);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    None
+}
 
-    // The client: a write every 50 ms, new connection after any failure.
-    // (write started, write acknowledged)
-    let acks: Arc<Mutex<Vec<(Instant, Instant)>>> = Arc::default();
-    let stop = Arc::new(AtomicBool::new(false));
-    let writer = {
-        let (acks, stop, port) = (acks.clone(), stop.clone(), c.pgpool_port);
-        tokio::spawn(async move {
-            let mut client = None;
-            let mut id = 1_000_000i64;
-            while !stop.load(Ordering::SeqCst) {
-                let started = Instant::now();
-                if client.is_none() {
-                    client = Cluster::connect_port(port).await;
-                }
-                if let Some(cl) = &client {
-                    id += 1;
-                    let q = format!("INSERT INTO acked (id) VALUES ({id})");
-                    match tokio::time::timeout(Duration::from_secs(1), cl.simple_query(&q)).await {
-                        Ok(Ok(_)) => acks.lock().unwrap().push((started, Instant::now())),
-                        _ => client = None,
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(50).saturating_sub(started.elapsed()))
-                    .await;
-            }
-        })
+async fn apply(c: &Cluster, fault: Fault, container: &str) {
+    let network = format!("{}_default", c.project);
+    let (code, _, err) = match fault {
+        Fault::Kill | Fault::SyncKill => c.docker(&["kill", container]),
+        Fault::Pause => c.docker(&["pause", container]),
+        Fault::Disconnect => c.docker(&["network", "disconnect", &network, container]),
     };
-    tokio::time::sleep(Duration::from_secs(1)).await;
-
-    let primary = c.container("pg-0");
-    let fault_started = Instant::now();
-    match fault {
-        Fault::Kill => c.docker(&["kill", &primary]),
-        Fault::Pause => c.docker(&["pause", &primary]),
-        Fault::Disconnect => c.docker(&[
-            "network",
-            "disconnect",
-            &format!("{}_default", c.project),
-            &primary,
-        ]),
-    };
-    // The fault is complete when the Docker command returns; only writes started after that
-    // can tell whether the cluster took them.
-    let fault_at = Instant::now();
-
-    // Until a write is acknowledged after the fault (30 s at most).
-    let deadline = fault_at + Duration::from_secs(30);
-    let mut unavailable = None;
-    while Instant::now() < deadline {
-        if let Some((_, t)) = acks.lock().unwrap().iter().find(|(s, _)| *s > fault_at) {
-            // Measured from the moment the fault command started: conservative, it includes
-            // the Docker CLI's own latency.
-            unavailable = Some((*t - fault_started).as_secs_f64());
-        }
-        if unavailable.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-
-    // Every live standby streaming from the new primary (as the new primary reports it).
-    let mut standbys_follow = None;
-    while unavailable.is_some() && Instant::now() < deadline {
-        let mut streaming = 0;
-        let mut primary_found = false;
-        for port in ports.iter().flatten() {
-            let Some(cl) = Cluster::connect_port(*port).await else {
-                continue;
-            };
-            let Ok(r) = query(&cl, "SELECT pg_is_in_recovery(), (SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming')").await else { continue };
-            if r[0][0].as_deref() == Some("f") {
-                primary_found = true;
-                streaming = r[0][1].as_deref().and_then(|v| v.parse().ok()).unwrap_or(0);
-            }
-        }
-        if primary_found && streaming >= 1 {
-            standbys_follow = Some(fault_started.elapsed().as_secs_f64());
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    stop.store(true, Ordering::SeqCst);
-    let _ = writer.await;
-    if let Some(name) = baseline {
-        c.docker(&["rm", "-f", &name]);
-    }
-    if fault == Fault::Pause {
-        c.docker(&["unpause", &primary]);
-    }
-    Round {
-        unavailable,
-        standbys_follow,
+    if code != 0 {
+        eprintln!("fault {fault:?} on {container}: {err}");
     }
 }
 
-fn summary(label: &str, mut v: Vec<Option<f64>>, rounds: usize) -> String {
-    let failed = v.iter().filter(|x| x.is_none()).count();
-    let mut ok: Vec<f64> = v.drain(..).flatten().collect();
-    ok.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    if ok.is_empty() {
-        return format!("{label}: no successful round of {rounds}");
+/// Undoes a pause or a disconnect (the sidecar may have killed the container meanwhile).
+fn undo(c: &Cluster, fault: Fault, container: &str) {
+    let network = format!("{}_default", c.project);
+    match fault {
+        Fault::Pause => {
+            c.docker(&["unpause", container]);
+        }
+        Fault::Disconnect => {
+            c.docker(&["network", "connect", &network, container]);
+        }
+        Fault::Kill | Fault::SyncKill => {}
     }
-    format!(
-        "{label}: min {:.2} s  median {:.2} s  max {:.2} s  ({} of {rounds} rounds; {failed} over 30 s)",
-        ok[0],
-        ok[ok.len() / 2],
-        ok[ok.len() - 1],
-        ok.len()
-    )
+}
+
+/// Waits until the client has attempts started after `t` (so figures up to `t` are complete).
+async fn recorded_past(felt: &Felt, t: Instant) {
+    poll(Duration::from_secs(30), || async {
+        felt.attempts().iter().any(|a| a.start > t).then_some(())
+    })
+    .await;
+}
+
+struct Round {
+    primary: String,
+    figures: Figures,
+    lost: Option<usize>,
+}
+
+async fn new_cluster(setup: Setup, fault: Fault, n: usize) -> Cluster {
+    let mut c = Cluster::new(&format!("bench{n}"));
+    if fault == Fault::SyncKill {
+        c = c.env("SYNCHRONOUS_STANDBYS", "1");
+    }
+    let c = c.up().await;
+    c.wait_pool("pg-0", &["pg-0", "pg-1", "pg-2"], Duration::from_secs(120))
+        .await;
+    c.create_acked_table().await;
+    if setup == Setup::PgpoolAlone {
+        let _ = pgpool_alone(&c);
+        c.write_until_ok(0, Duration::from_secs(60)).await;
+    }
+    c
+}
+
+/// Rounds of the sidecar on one cluster (a new one only when it did not heal).
+async fn sidecar_rounds(fault: Fault, rounds: usize) -> Vec<Round> {
+    let mut out = vec![];
+    let mut cluster: Option<(Cluster, Felt)> = None;
+    let mut built = 0;
+    while out.len() < rounds && built < rounds + 3 {
+        let (c, felt) = match cluster.take() {
+            Some(x) => x,
+            None => {
+                built += 1;
+                let c = new_cluster(Setup::Sidecar, fault, built).await;
+                let felt = Felt::start(c.pgpool_port, Work::Write, 1_000_000);
+                (c, felt)
+            }
+        };
+        let Some(primary) = poll(Duration::from_secs(120), || c.whole()).await else {
+            eprintln!("{fault:?}: the cluster did not heal; a new one");
+            c.dump_logs();
+            continue;
+        };
+        if poll(Duration::from_secs(30), || async {
+            common::felt::steady_from(&felt.attempts(), Instant::now() - STEADY * 2, STEADY)
+        })
+        .await
+        .is_none()
+        {
+            eprintln!("{fault:?}: writes not steady before the fault; a new cluster");
+            continue;
+        }
+        let container = c.container(&primary);
+        let wall = chrono_now();
+        let fault_at = Instant::now();
+        apply(&c, fault, &container).await;
+        let steady = poll(Duration::from_secs(60), || async {
+            common::felt::steady_from(&felt.attempts(), fault_at, STEADY)
+        })
+        .await;
+        undo(&c, fault, &container);
+        let healed = poll(Duration::from_secs(120), || async {
+            c.whole().await.map(|_| Instant::now())
+        })
+        .await;
+        let until = healed
+            .unwrap_or_else(Instant::now)
+            .max(steady.unwrap_or(fault_at))
+            + STEADY;
+        recorded_past(&felt, until).await;
+        let figures = figures(&felt.attempts(), fault_at, until);
+        trace(&felt.attempts(), fault_at, until);
+        let lost = if fault == Fault::SyncKill {
+            let acked: Vec<(i64, Instant)> = felt
+                .attempts()
+                .iter()
+                .filter_map(|a| Some((a.id?, a.end)))
+                .collect();
+            match c.pool_primary().await {
+                Some(p) => match c.node(&p).await {
+                    Some(cl) => Some(lost_on(&cl, &acked).await.len()),
+                    None => None,
+                },
+                None => None,
+            }
+        } else {
+            None
+        };
+        eprintln!(
+            "sidecar {fault:?} round {} at {wall}: primary {primary}: {figures:?} lost {lost:?}{}",
+            out.len(),
+            if healed.is_none() {
+                " (not whole again within 120 s)"
+            } else {
+                ""
+            }
+        );
+        out.push(Round {
+            primary,
+            figures,
+            lost,
+        });
+        if healed.is_some() && out.len() < rounds {
+            cluster = Some((c, felt));
+        } else {
+            c.dump_logs();
+        }
+    }
+    out
+}
+
+/// With BENCH_TRACE set: every failed or slow (over 200 ms) statement of the round, in ms
+/// from the fault.
+fn trace(attempts: &[common::felt::Attempt], fault: Instant, until: Instant) {
+    if std::env::var_os("BENCH_TRACE").is_none() {
+        return;
+    }
+    for a in attempts
+        .iter()
+        .filter(|a| a.start >= fault && a.start <= until)
+    {
+        let took = a.end - a.start;
+        if !a.ok || took > Duration::from_millis(200) {
+            eprintln!(
+                "  +{} ms took {} ms {}{}",
+                (a.start - fault).as_millis(),
+                took.as_millis(),
+                if a.established {
+                    "on its session: "
+                } else {
+                    "new session: "
+                },
+                a.error.as_deref().unwrap_or("ok")
+            );
+        }
+    }
+}
+
+/// Wall-clock time of day (UTC) to find a round in the saved logs.
+fn chrono_now() -> String {
+    let (_, out, _) = sh(std::process::Command::new("date").args(["-u", "+%H:%M:%S.%3N"]));
+    out.trim().to_string()
+}
+
+/// Rounds of pgpool alone, a fresh cluster each (it never heals).
+async fn baseline_rounds(fault: Fault, rounds: usize) -> Vec<Round> {
+    let mut out = vec![];
+    for n in 0..rounds {
+        let c = new_cluster(Setup::PgpoolAlone, fault, n).await;
+        let felt = Felt::start(c.pgpool_port, Work::Write, 1_000_000);
+        let _ = poll(Duration::from_secs(30), || async {
+            common::felt::steady_from(&felt.attempts(), Instant::now() - STEADY * 2, STEADY)
+        })
+        .await;
+        let container = c.container("pg-0");
+        let fault_at = Instant::now();
+        apply(&c, fault, &container).await;
+        let steady = poll(Duration::from_secs(60), || async {
+            common::felt::steady_from(&felt.attempts(), fault_at, STEADY)
+        })
+        .await;
+        let until = steady.unwrap_or_else(Instant::now) + Duration::from_secs(5);
+        recorded_past(&felt, until).await;
+        let figures = figures(&felt.attempts(), fault_at, until);
+        eprintln!("pgpool alone {fault:?} round {n}: {figures:?}");
+        felt.stop().await;
+        undo(&c, fault, &container);
+        c.docker(&["rm", "-f", &format!("{}-baseline-pgpool", c.project)]);
+        out.push(Round {
+            primary: "pg-0".into(),
+            figures,
+            lost: None,
+        });
+    }
+    out
+}
+
+fn line(label: &str, rounds: &[&Round]) -> String {
+    let windows: Vec<f64> = rounds.iter().filter_map(|r| r.figures.window).collect();
+    let never = rounds.len() - windows.len();
+    let gaps: Vec<f64> = rounds.iter().map(|r| r.figures.longest_gap).collect();
+    let disconnects: Vec<f64> = rounds
+        .iter()
+        .map(|r| r.figures.disconnects as f64)
+        .collect();
+    let fmt = |v: Vec<f64>, digits: usize| match spread(v) {
+        Some((a, m, b)) => format!("{a:.digits$} / {m:.digits$} / {b:.digits$}"),
+        None => "none".into(),
+    };
+    let mut s = format!(
+        "{label}: window {} s; longest gap {} s; disconnects {} ({} rounds{})",
+        fmt(windows, 2),
+        fmt(gaps, 2),
+        fmt(disconnects, 0),
+        rounds.len(),
+        if never > 0 {
+            format!(", {never} never steady")
+        } else {
+            String::new()
+        }
+    );
+    let lost: Vec<usize> = rounds.iter().filter_map(|r| r.lost).collect();
+    if !lost.is_empty() {
+        s.push_str(&format!(
+            "; acknowledged writes lost {}",
+            lost.iter().sum::<usize>()
+        ));
+    }
+    s
 }
 
 #[tokio::main]
@@ -229,13 +375,19 @@ async fn main() {
         .iter()
         .filter_map(|a| match a.as_str() {
             "kill" => Some(Fault::Kill),
+            "sync" => Some(Fault::SyncKill),
             "pause" => Some(Fault::Pause),
             "disconnect" => Some(Fault::Disconnect),
             _ => None,
         })
         .collect();
     if faults.is_empty() {
-        faults = vec![Fault::Kill, Fault::Pause, Fault::Disconnect];
+        faults = vec![
+            Fault::Kill,
+            Fault::SyncKill,
+            Fault::Pause,
+            Fault::Disconnect,
+        ];
     }
     let mut setups = vec![Setup::Sidecar, Setup::PgpoolAlone];
     if args.iter().any(|a| a == "--baseline-only") {
@@ -247,30 +399,29 @@ async fn main() {
     let mut report = vec![];
     for setup in &setups {
         for fault in &faults {
-            let mut unavailable = vec![];
-            let mut follow = vec![];
-            for n in 0..rounds {
-                let r = round(*setup, *fault, n).await;
-                eprintln!(
-                    "{setup:?} {fault:?} round {n}: unavailable {:?} s, standbys follow {:?} s",
-                    r.unavailable, r.standbys_follow
-                );
-                unavailable.push(r.unavailable);
-                follow.push(r.standbys_follow);
+            if *setup == Setup::PgpoolAlone && *fault == Fault::SyncKill {
+                continue;
             }
-            report.push(summary(
-                &format!("{setup:?} / {fault:?} / write unavailability"),
-                unavailable,
-                rounds,
+            let rs = match setup {
+                Setup::Sidecar => sidecar_rounds(*fault, rounds).await,
+                Setup::PgpoolAlone => baseline_rounds(*fault, rounds).await,
+            };
+            report.push(line(
+                &format!("{setup:?} / {fault:?}"),
+                &rs.iter().collect::<Vec<_>>(),
             ));
-            report.push(summary(
-                &format!("{setup:?} / {fault:?} / standbys streaming from new primary"),
-                follow,
-                rounds,
-            ));
+            let mut by_primary: BTreeMap<&str, Vec<&Round>> = BTreeMap::new();
+            for r in &rs {
+                by_primary.entry(&r.primary).or_default().push(r);
+            }
+            if *setup == Setup::Sidecar {
+                for (p, v) in by_primary {
+                    report.push(line(&format!("  {p} as primary"), &v));
+                }
+            }
         }
     }
-    println!("\n== failover benchmark ({rounds} rounds each, writes every 50 ms) ==");
+    println!("\n== failover benchmark (writes every 50 ms, one session; min / median / max) ==");
     for line in report {
         println!("{line}");
     }

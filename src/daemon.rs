@@ -220,7 +220,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     ctx.spawn_essential("http", http::serve(ctx.clone(), listener));
     let hook_path = ctx.cfg.hook_socket.clone();
     let c = ctx.clone();
-    // Without the socket pgpool's failover and follow-primary callbacks fail: ending the daemon
+    // Without the socket pgpool's failover callback fails: ending the daemon
     // makes that visible instead of running half-alive.
     ctx.spawn_essential("hook-socket", async move {
         if let Err(e) = hook::serve(c, hook_path).await {

@@ -175,7 +175,7 @@ pub async fn failover(
             );
             if trigger != "pgpool" {
                 // pgpool still routes to the old primary until told; its own failover then
-                // calls our hook (a no-op now) and follow_primary for the standbys.
+                // calls our hook (a no-op now); the standbys follow already.
                 let c = ctx.clone();
                 ctx.spawn(format!("pgpool-detach-{old}"), async move {
                     if let Err(e) = c.pgpool.detach(old, Duration::from_secs(30)).await {

@@ -1,7 +1,6 @@
 //! pgpool's callbacks into the daemon.
 //!
-//! pgpool runs `pgpool-sidecar hook failover …` / `… hook follow-primary …` (its
-//! failover_command and follow_primary_command). That client forwards the call over a local unix
+//! pgpool runs `pgpool-sidecar hook failover …` (its failover_command). That client forwards the call over a local unix
 //! socket to the running daemon and waits for the answer, so pgpool's own (often first)
 //! detection goes through the same single-flight failover as the sidecar's.
 //!
@@ -37,8 +36,6 @@ pub enum HookError {
 pub enum HookRequest {
     /// pgpool detached `failed_node`; `old_primary` is pgpool's primary id (-1: none).
     Failover { failed_node: i64, old_primary: i64 },
-    /// After a primary change pgpool asks each standby to follow `new_primary`.
-    FollowPrimary { node: i64, new_primary: i64 },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -253,36 +250,6 @@ async fn dispatch(ctx: &Arc<Ctx>, req: HookRequest) -> HookResponse {
                     ok: false,
                     message: e.to_string(),
                 },
-            }
-        }
-        HookRequest::FollowPrimary { node, .. } => {
-            let Some(node) = node_index(ctx, node) else {
-                return HookResponse {
-                    ok: false,
-                    message: format!("unknown node id {node}"),
-                };
-            };
-            // Under the failover lock, like every re-point: a promotion in flight would
-            // otherwise be undone for this standby.
-            let _guard = ctx.failover_lock.lock().await;
-            let (primary, may_follow) = ctx.with_state(|s| {
-                let primary = s.view.primary;
-                let followers = primary
-                    .map(|p| crate::cluster::followers(&s.view, p, &[]))
-                    .unwrap_or_default();
-                (primary, followers.contains(&node))
-            });
-            match primary {
-                Some(p) if may_follow => {
-                    failover::repoint(ctx, node, p).await;
-                    ctx.wake.notify_one();
-                    ok(format!(
-                        "{} follows {}",
-                        ctx.node_name(node),
-                        ctx.node_name(p)
-                    ))
-                }
-                _ => ok(format!("{} needs no re-pointing", ctx.node_name(node))),
             }
         }
     }

@@ -48,7 +48,7 @@ enum Command {
         #[arg(long)]
         to: Option<String>,
     },
-    /// Called by pgpool (failover_command / follow_primary_command); forwards to the daemon.
+    /// Called by pgpool (its failover_command); forwards to the daemon.
     Hook {
         /// The daemon's hook socket.
         #[arg(long, default_value = DEFAULT_HOOK_SOCKET)]
@@ -73,9 +73,6 @@ enum HookCall {
         /// pgpool's new main node id (%m); ignored: the sidecar chooses the new primary.
         new_main: Option<i64>,
     },
-    /// pgpool asks standby `node` (%d) to follow the new primary (%m).
-    #[command(allow_negative_numbers = true)]
-    FollowPrimary { node: i64, new_primary: i64 },
 }
 
 fn init_tracing(format: LogFormat) {
@@ -183,9 +180,6 @@ async fn main() -> ExitCode {
                     failed_node,
                     old_primary,
                 },
-                HookCall::FollowPrimary { node, new_primary } => {
-                    hook::HookRequest::FollowPrimary { node, new_primary }
-                }
             };
             match hook::call(&socket, &req, Duration::from_secs(timeout)).await {
                 Ok(msg) => {

@@ -371,7 +371,7 @@ async fn pgpool_runs_unprivileged_and_cannot_reach_the_docker_socket() {
             socket,
             "--timeout",
             "5",
-            "follow-primary",
+            "failover",
             "1",
             "0",
         ])

@@ -213,7 +213,7 @@ pub(super) fn hook_socket(s: &str) -> Result<PathBuf, String> {
     if !path.is_absolute() {
         return Err(format!("{s:?} must be an absolute path"));
     }
-    // It is pasted unquoted into failover_command and follow_primary_command, which pgpool runs
+    // It is pasted unquoted into failover_command, which pgpool runs
     // with /bin/sh after expanding its own `%` escapes.
     if !conf::shell_safe(s) {
         return Err(format!(

@@ -216,7 +216,7 @@ settings! {
         /// Node id that should be primary when there is a choice (failback target).
         preferred_primary: Option<usize> = "PREFERRED_PRIMARY",
             after(cross::preferred_primary, |_| None);
-        /// Unix socket where pgpool's failover/follow-primary hooks reach the daemon.
+        /// Unix socket where pgpool's failover hook reaches the daemon.
         hook_socket: PathBuf = "HOOK_SOCKET",
             value(parse::hook_socket, PathBuf::from(DEFAULT_HOOK_SOCKET));
         /// Longest a rewind/rebuild job container may run before it is given up.

@@ -373,7 +373,12 @@ pub fn pgpool_conf(
         )
     };
     set("failover_command", &hook("failover", "%d %P %m"));
-    set("follow_primary_command", &hook("follow-primary", "%d %m"));
+    // Empty: with a command pgpool marks every other standby down after a primary failover and
+    // each must be attached again, a failback that stalls every query for pgpool's 1 s wait
+    // (it sleeps in whole seconds while a failover or failback runs). The sidecar re-points
+    // the standbys inside failover_command, before pgpool looks for the new primary, so they
+    // stay attached and their sessions live.
+    set("follow_primary_command", "");
     for (i, node) in cfg.nodes.iter().enumerate() {
         set(&format!("backend_hostname{i}"), &node.host);
         set(&format!("backend_port{i}"), &node.port.to_string());
@@ -631,7 +636,7 @@ mod tests {
         assert!(text.contains(
             "failover_command = '/usr/local/bin/pgpool-sidecar hook --socket /run/pgpool-sidecar/hook.sock failover %d %P %m'\n"
         ));
-        assert!(text.contains("follow_primary_command = '/usr/local/bin/pgpool-sidecar hook"));
+        assert!(text.contains("follow_primary_command = ''\n"), "{text}");
         assert!(text.contains("health_check_period = 1\n"));
         assert!(text.contains("sr_check_period = 0\n"));
         assert!(text.contains("load_balance_mode = on\n"));

@@ -309,13 +309,43 @@ impl Pgpool {
         parse_proc_info(&out.stdout).map_err(fail)
     }
 
+    /// Attaches `node` once: nothing is asked when pgpool uses it already, and after asking it
+    /// waits (within `deadline`) until pgpool shows it in use, so that the caller's next look
+    /// does not ask again. Every failback request, even one pgpool then refuses, holds every
+    /// query pgpool receives meanwhile for a whole second (it waits out failovers in 1 s sleeps).
     pub async fn attach(&self, node: usize, deadline: Duration) -> Result<(), PgpoolError> {
-        self.pcp("pcp_attach_node", Some(node), &[], deadline).await
+        let started = std::time::Instant::now();
+        if self.uses(node).await == Some(true) {
+            return Ok(());
+        }
+        self.pcp("pcp_attach_node", Some(node), &[], deadline)
+            .await?;
+        while started.elapsed() < deadline {
+            if self.uses(node).await == Some(true) {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(())
     }
 
-    /// Detaches gracefully (`-g`: waits for sessions to end) only when asked; a failed node is
-    /// detached at once.
+    /// Whether pgpool has `node` up (or waiting for its first session), so routes to it;
+    /// `None` when pgpool does not say.
+    async fn uses(&self, node: usize) -> Option<bool> {
+        let rows = self.show_pool_nodes(Duration::from_secs(2)).await.ok()?;
+        Some(
+            rows.iter().any(|r| {
+                r.node_id == node && matches!(r.status, PoolStatus::Up | PoolStatus::Waiting)
+            }),
+        )
+    }
+
+    /// Detaches `node` at once; nothing is asked when pgpool does not use it (a request for a
+    /// node already down still holds every query for pgpool's 1 s, see [`Self::attach`]).
     pub async fn detach(&self, node: usize, deadline: Duration) -> Result<(), PgpoolError> {
+        if self.uses(node).await == Some(false) {
+            return Ok(());
+        }
         self.pcp("pcp_detach_node", Some(node), &[], deadline).await
     }
 

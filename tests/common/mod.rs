@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+pub mod felt;
+
 use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 
 /// Distinct, recognisable secrets, so a test can check that none leaks.
@@ -702,6 +704,25 @@ pub async fn lost_on(node: &Client, acked: &[(i64, Instant)]) -> Vec<i64> {
 }
 
 impl Cluster {
+    /// The primary's service name once the cluster is whole: pgpool has every node up and one
+    /// primary, and the primary shows the two others streaming.
+    pub async fn whole(&self) -> Option<String> {
+        let pool = self.pgpool().await?;
+        let rows = pool_nodes(&pool).await;
+        if rows.len() != 3 || rows.iter().any(|(_, s, _)| s != "up") {
+            return None;
+        }
+        let (id, _, _) = rows.iter().find(|(_, _, r)| r == "primary")?;
+        let primary = format!("pg-{id}");
+        let streaming = self
+            .value_on(
+                &primary,
+                "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'",
+            )
+            .await?;
+        (streaming == "2").then_some(primary)
+    }
+
     /// The first value of an instant PromQL query against the monitoring profile's Prometheus.
     pub async fn prom_query(&self, promql: &str) -> Option<String> {
         let url = format!("http://127.0.0.1:{}/api/v1/query", self.prometheus_port);
@@ -718,4 +739,10 @@ impl Cluster {
             .as_str()
             .map(str::to_string)
     }
+}
+
+/// Min, median and max of benchmark figures, or `None` when there are none.
+pub fn spread(mut v: Vec<f64>) -> Option<(f64, f64, f64)> {
+    v.sort_by(f64::total_cmp);
+    Some((*v.first()?, v[v.len() / 2], *v.last()?))
 }
