@@ -180,6 +180,8 @@ pub async fn recover(
     let Some(busy) = BusyGuard::take(ctx, node) else {
         return Err(RecoveryError::Busy(name));
     };
+    // Every promotion bumps it: a change by the end means a failover skipped this node.
+    let generation = ctx.with_state(|s| s.generation);
     let started = Instant::now();
     tracing::warn!(node = %name, reason, force_rebuild, "recovering node");
     // Recorded until it succeeds: a crash (or a failure) part-way leaves it for the next start,
@@ -249,6 +251,9 @@ pub async fn recover(
             },
         );
     });
+    if result.is_ok() && ctx.with_state(|s| s.generation) != generation {
+        follow_current_primary(ctx, node).await;
+    }
     ctx.wake.notify_one();
     match result {
         Ok(method) => {
@@ -264,6 +269,17 @@ pub async fn recover(
             tracing::error!(node = %name, method, error = %e, "recovery failed; the node stays detached");
             Err(e)
         }
+    }
+}
+
+/// A failover while the job ran skipped the node (it was busy), and the job may have made sure
+/// of streaming before it: the node follows the primary of now. Under the failover lock, like
+/// every re-point; the same settings again are a no-op.
+async fn follow_current_primary(ctx: &Arc<Ctx>, node: usize) {
+    let _guard = ctx.failover_lock.lock().await;
+    if let Some(primary) = ctx.primary().filter(|&p| p != node) {
+        tracing::warn!(node = %ctx.node_name(node), primary = %ctx.node_name(primary), "the primary changed while the node was recovered: re-pointing it");
+        crate::failover::repoint(ctx, node, primary).await;
     }
 }
 

@@ -330,14 +330,22 @@ impl Pgpool {
     }
 
     /// Whether pgpool has `node` up (or waiting for its first session), so routes to it;
-    /// `None` when pgpool does not say.
+    /// `None` when pgpool does not say. Asked through PCP: a SQL session through pgpool would
+    /// wait out a failback in progress (a whole second), PCP reads pgpool's status at once.
     async fn uses(&self, node: usize) -> Option<bool> {
-        let rows = self.show_pool_nodes(Duration::from_secs(2)).await.ok()?;
-        Some(
-            rows.iter().any(|r| {
-                r.node_id == node && matches!(r.status, PoolStatus::Up | PoolStatus::Waiting)
-            }),
-        )
+        let mut cmd = Command::new("pcp_node_info");
+        cmd.env("PCPPASSFILE", &self.pcppass)
+            .args(["-h", PCP_HOST, "-p", &self.pcp_port.to_string()])
+            .args(["-U", &self.pcp_user, "-w", "-n", &node.to_string()]);
+        let out = self
+            .reaper
+            .output(&mut cmd, Duration::from_secs(5))
+            .await
+            .ok()?;
+        if out.code != 0 {
+            return None;
+        }
+        node_in_use(&out.stdout)
     }
 
     /// Detaches `node` at once; nothing is asked when pgpool does not use it (a request for a
@@ -356,10 +364,34 @@ impl Pgpool {
     }
 }
 
+/// `pcp_node_info`'s line (`hostname port status weight …`): status 1 (up, no session yet) and
+/// 2 (up) are in use, 3 (down) is not; anything else is not an answer.
+pub fn node_in_use(stdout: &str) -> Option<bool> {
+    match stdout.split_whitespace().nth(2)? {
+        "1" | "2" => Some(true),
+        "3" => Some(false),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::collections::HashMap;
+
+    #[test]
+    fn pcp_node_info_status_is_read_from_its_third_field() {
+        let up = "pg-1 5432 2 0.333333 up up standby standby 0 none none 2026-12-02 18:00:00\n";
+        assert_eq!(node_in_use(up), Some(true));
+        let waiting =
+            "pg-1 5432 1 0.333333 waiting up standby standby 0 none none 2026-12-02 18:00:00\n";
+        assert_eq!(node_in_use(waiting), Some(true));
+        let down =
+            "pg-0 5432 3 0.333333 down down standby unknown 0 none none 2026-12-02 18:00:00\n";
+        assert_eq!(node_in_use(down), Some(false));
+        assert_eq!(node_in_use(""), None);
+        assert_eq!(node_in_use("pg-0 5432 0 0.3 init"), None);
+    }
 
     fn row(pairs: &[(&'static str, &'static str)]) -> HashMap<&'static str, &'static str> {
         pairs.iter().copied().collect()
