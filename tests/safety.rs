@@ -246,7 +246,9 @@ async fn recover_pg2(c: &Cluster) {
     let (status, body) = c
         .post("/nodes/pg-2/recover?rebuild=true", Some(API_TOKEN))
         .await;
-    assert_eq!(status, 200, "{body}");
+    // 409 busy: the restarted sidecar is already running the rebuild again by itself.
+    let redoing = status == 409 && body.to_string().contains("busy");
+    assert!(status == 200 || redoing, "{status} {body}");
     c.wait_pool("pg-0", &ALL, Duration::from_secs(60)).await;
     assert!(jobs(c).is_empty(), "{:?}", jobs(c));
 }
