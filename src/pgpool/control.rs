@@ -233,6 +233,15 @@ impl Pgpool {
             .collect()
     }
 
+    /// A PCP tool aimed at this pgpool as the PCP user, its password from the pcppass file.
+    fn pcp_command(&self, command: &str) -> Command {
+        let mut cmd = Command::new(command);
+        cmd.env("PCPPASSFILE", &self.pcppass)
+            .args(["-h", PCP_HOST, "-p", &self.pcp_port.to_string()])
+            .args(["-U", &self.pcp_user, "-w"]);
+        cmd
+    }
+
     /// Runs a PCP command for a node; retried with back-off while pgpool is busy or does not
     /// answer, until `deadline`. A refusal ends it at once.
     async fn pcp(
@@ -245,10 +254,7 @@ impl Pgpool {
         let started = tokio::time::Instant::now();
         let mut delay = Duration::from_millis(100);
         loop {
-            let mut cmd = Command::new(command);
-            cmd.env("PCPPASSFILE", &self.pcppass)
-                .args(["-h", PCP_HOST, "-p", &self.pcp_port.to_string()])
-                .args(["-U", &self.pcp_user, "-w"]);
+            let mut cmd = self.pcp_command(command);
             if let Some(node) = node {
                 cmd.args(["-n", &node.to_string()]);
             }
@@ -289,10 +295,8 @@ impl Pgpool {
             command: COMMAND,
             message,
         };
-        let mut cmd = Command::new(COMMAND);
-        cmd.env("PCPPASSFILE", &self.pcppass)
-            .args(["-h", PCP_HOST, "-p", &self.pcp_port.to_string()])
-            .args(["-U", &self.pcp_user, "-w", "--all", "--verbose"]);
+        let mut cmd = self.pcp_command(COMMAND);
+        cmd.args(["--all", "--verbose"]);
         let out = self
             .reaper
             .output(&mut cmd, timeout)
@@ -333,10 +337,8 @@ impl Pgpool {
     /// `None` when pgpool does not say. Asked through PCP: a SQL session through pgpool would
     /// wait out a failback in progress (a whole second), PCP reads pgpool's status at once.
     async fn uses(&self, node: usize) -> Option<bool> {
-        let mut cmd = Command::new("pcp_node_info");
-        cmd.env("PCPPASSFILE", &self.pcppass)
-            .args(["-h", PCP_HOST, "-p", &self.pcp_port.to_string()])
-            .args(["-U", &self.pcp_user, "-w", "-n", &node.to_string()]);
+        let mut cmd = self.pcp_command("pcp_node_info");
+        cmd.args(["-n", &node.to_string()]);
         let out = self
             .reaper
             .output(&mut cmd, Duration::from_secs(5))
