@@ -536,9 +536,11 @@ impl DockerRuntime {
             other => other,
         };
         if policy_set.is_err() {
+            // The update goes through the moment the container is down (about 20 ms after the
+            // kill returns); every write waits for this before the promotion.
             let mut last = policy_set;
-            for _ in 0..20 {
-                tokio::time::sleep(Duration::from_millis(100)).await;
+            for _ in 0..100 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
                 last = self.set_restart_no(c).await;
                 if last.is_ok() {
                     break;

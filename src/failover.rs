@@ -215,16 +215,55 @@ async fn run(ctx: &Arc<Ctx>, old: usize) -> Result<usize, FailoverError> {
     result
 }
 
+/// How long a failover waits for the standbys' positions to be final, and how often it looks.
+const SETTLE_LIMIT: Duration = Duration::from_secs(1);
+const SETTLE_STEP: Duration = Duration::from_millis(15);
+
 /// Steps 2-5 of a failover whose old primary is fenced.
 async fn elect(ctx: &Arc<Ctx>, old: usize) -> Result<usize, FailoverError> {
-    // 2. Fresh positions of every standby, all at once.
+    // 2. Fresh positions of every standby, all at once, again until each is final (it replays
+    //    nothing more, see `position_settled`) or SETTLE_LIMIT passes: the most advanced
+    //    standby is the one with the most WAL, which in synchronous mode holds every
+    //    acknowledged commit.
     let timeout = ctx.probe_timeout();
     let others: Vec<usize> = (0..ctx.cfg.nodes.len()).filter(|&n| n != old).collect();
-    let probes = join_all(others.iter().map(|&n| async move {
-        let mut s = ctx.sessions[n].lock().await;
-        (n, s.probe(timeout).await.ok())
-    }))
-    .await;
+    let mut seen: Vec<Option<crate::cluster::PgState>> = vec![None; ctx.cfg.nodes.len()];
+    let mut settled = vec![false; ctx.cfg.nodes.len()];
+    let settle_by = Instant::now() + SETTLE_LIMIT;
+    let mut limit = timeout;
+    loop {
+        let pending: Vec<usize> = others.iter().copied().filter(|&n| !settled[n]).collect();
+        let probes = join_all(pending.iter().map(|&n| async move {
+            let mut s = ctx.sessions[n].lock().await;
+            (n, s.probe(limit).await.ok())
+        }))
+        .await;
+        // Looks after the first stay within the limit: a standby that does not answer must not
+        // hold the failover for a probe timeout each time.
+        limit = timeout
+            .min(settle_by.saturating_duration_since(Instant::now()))
+            .max(Duration::from_millis(200));
+        for (n, pg) in probes {
+            if let Some(pg) = pg {
+                settled[n] = crate::cluster::position_settled(seen[n].as_ref(), &pg);
+                seen[n] = Some(pg);
+            }
+        }
+        if others.iter().all(|&n| settled[n]) || Instant::now() >= settle_by {
+            break;
+        }
+        tokio::time::sleep(SETTLE_STEP).await;
+    }
+    let unsettled: Vec<&str> = others
+        .iter()
+        .filter(|&&n| !settled[n])
+        .map(|&n| ctx.node_name(n))
+        .collect();
+    if !unsettled.is_empty() {
+        tracing::warn!(nodes = ?unsettled, "standby positions not final within {SETTLE_LIMIT:?}; choosing on the last seen");
+    }
+    let probes: Vec<(usize, Option<crate::cluster::PgState>)> =
+        others.iter().map(|&n| (n, seen[n].take())).collect();
     let (mut view, old_lsn) = ctx.with_state(|s| (s.view.clone(), s.last_primary_lsn));
     for (n, pg) in probes {
         if let Some(node) = view.nodes.get_mut(n) {

@@ -354,6 +354,18 @@ pub fn failover_to_resume(view: &ClusterView) -> Option<usize> {
     ((n.fenced || n.container_gone()) && standby_answers).then_some(r)
 }
 
+/// Whether a standby's position, seen twice during a failover, is final: it replayed all it
+/// received and replays nothing more. Only then does its position say which WAL it has: the
+/// received position restarts at a segment boundary whenever its WAL receiver reconnects
+/// (as it does at once when the primary dies), and replay may still trail what was flushed,
+/// so a standby holding the last acknowledged commit could otherwise look behind another.
+pub fn position_settled(before: Option<&PgState>, now: &PgState) -> bool {
+    let replay = now.replay_lsn.unwrap_or(0);
+    now.in_recovery
+        && before.is_some_and(|b| b.in_recovery && b.replay_lsn == now.replay_lsn)
+        && replay >= now.receive_lsn.unwrap_or(0)
+}
+
 /// The standby to promote when `old` fails: highest WAL position; ties by priority, then the
 /// lower node id. Only members of the cluster on the primary's timeline or later count.
 pub fn choose_candidate(
@@ -624,6 +636,51 @@ mod tests {
             generation: 0,
             replication_seen: true,
             remembered_primary: None,
+        }
+    }
+
+    #[test]
+    fn a_standby_position_is_final_once_replay_stops_at_what_it_received() {
+        let st = |receive: Option<u64>, replay: Option<u64>| PgState {
+            in_recovery: true,
+            receive_lsn: receive,
+            replay_lsn: replay,
+            ..Default::default()
+        };
+        let cases = [
+            // (before, now, settled)
+            (None, st(Some(100), Some(100)), false),
+            (
+                Some(st(Some(100), Some(90))),
+                st(Some(100), Some(100)),
+                false,
+            ),
+            (
+                Some(st(Some(100), Some(100))),
+                st(Some(100), Some(100)),
+                true,
+            ),
+            // Still replaying what it received.
+            (
+                Some(st(Some(120), Some(100))),
+                st(Some(120), Some(100)),
+                false,
+            ),
+            // The receiver reconnected: received restarts at the segment, below replay.
+            (Some(st(Some(0), Some(130))), st(Some(0), Some(130)), true),
+            (Some(st(None, Some(130))), st(None, Some(130)), true),
+            // Promoted meanwhile (not a standby): never a settled standby position.
+            (
+                Some(st(Some(100), Some(100))),
+                PgState {
+                    in_recovery: false,
+                    ..st(Some(100), Some(100))
+                },
+                false,
+            ),
+        ];
+        for (i, (before, now, want)) in cases.into_iter().enumerate() {
+            assert_eq!(position_settled(before.as_ref(), &now), want, "case {i}");
         }
     }
 
