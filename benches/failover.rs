@@ -2,7 +2,7 @@
 //!
 //! What a client feels (tests/common/felt.rs): one session writing through pgpool every 50 ms,
 //! a new session only after a failure. For each fault of the primary — `docker kill`, the same
-//! in synchronous mode (`SYNCHRONOUS_STANDBYS=1`), `docker pause`, network disconnect — N
+//! in synchronous mode (`PGPOOL_SIDECAR_SYNCHRONOUS_STANDBYS=1`), `docker pause`, network disconnect — N
 //! rounds, each on the primary of the moment: the sidecar's cluster is not rebuilt between
 //! rounds, so every node takes its turn as primary. Per round, from the fault until the cluster
 //! is whole again (three nodes up in pgpool, two standbys streaming from the primary):
@@ -163,12 +163,28 @@ struct Round {
 async fn new_cluster(setup: Setup, fault: Fault, n: usize) -> Cluster {
     let mut c = Cluster::new(&format!("bench{n}"));
     if fault == Fault::SyncKill {
-        c = c.env("SYNCHRONOUS_STANDBYS", "1");
+        c = c.env("SIDECAR_SYNCHRONOUS_STANDBYS", "1");
     }
     let c = c.up().await;
     c.wait_pool("pg-0", &["pg-0", "pg-1", "pg-2"], Duration::from_secs(120))
         .await;
     c.create_acked_table().await;
+    if fault == Fault::SyncKill {
+        // The rounds prove nothing about synchronous commits unless the primary asks for them.
+        let primary = c.node("pg-0").await.expect("pg-0");
+        wait_for(
+            "synchronous_standby_names set on pg-0",
+            Duration::from_secs(60),
+            || async {
+                let v = common::query(&primary, "SHOW synchronous_standby_names")
+                    .await
+                    .ok()?;
+                let v = v.first()?.first()?.clone()?;
+                v.starts_with("ANY 1").then_some(())
+            },
+        )
+        .await;
+    }
     if setup == Setup::PgpoolAlone {
         let _ = pgpool_alone(&c);
         c.write_until_ok(0, Duration::from_secs(60)).await;
@@ -180,22 +196,45 @@ async fn new_cluster(setup: Setup, fault: Fault, n: usize) -> Cluster {
 async fn sidecar_rounds(fault: Fault, rounds: usize) -> Vec<Round> {
     let mut out = vec![];
     let mut cluster: Option<(Cluster, Felt)> = None;
+    let mut lost_before: std::collections::HashSet<i64> = Default::default();
     let mut built = 0;
     while out.len() < rounds && built < rounds + 3 {
         let (c, felt) = match cluster.take() {
             Some(x) => x,
             None => {
                 built += 1;
+                lost_before.clear();
                 let c = new_cluster(Setup::Sidecar, fault, built).await;
                 let felt = Felt::start(c.pgpool_port, Work::Write, 1_000_000);
                 (c, felt)
             }
         };
-        let Some(primary) = poll(Duration::from_secs(120), || c.whole()).await else {
+        let Some(mut primary) = poll(Duration::from_secs(120), || c.whole()).await else {
             eprintln!("{fault:?}: the cluster did not heal; a new one");
             c.dump_logs();
             continue;
         };
+        // Every node takes its turn as primary: a failover promotes the lowest id among equally
+        // advanced standbys, so without this pg-2 never would. A planned switchover (not a
+        // measured round) makes the node with the fewest rounds the primary first.
+        let turn = next_turn(&out);
+        if turn != primary {
+            let (status, body) = c
+                .post(&format!("/switchover?to={turn}"), Some(common::API_TOKEN))
+                .await;
+            match poll(Duration::from_secs(120), || async {
+                c.whole().await.filter(|p| *p == turn)
+            })
+            .await
+            {
+                Some(p) => primary = p,
+                None => {
+                    eprintln!("{fault:?}: switchover to {turn} ({status} {body}) did not end whole; a new cluster");
+                    c.dump_logs();
+                    continue;
+                }
+            }
+        }
         if poll(Duration::from_secs(30), || async {
             common::felt::steady_from(&felt.attempts(), Instant::now() - STEADY * 2, STEADY)
         })
@@ -233,7 +272,19 @@ async fn sidecar_rounds(fault: Fault, rounds: usize) -> Vec<Round> {
                 .collect();
             match c.pool_primary().await {
                 Some(p) => match c.node(&p).await {
-                    Some(cl) => Some(lost_on(&cl, &acked).await.len()),
+                    Some(cl) => {
+                        // Each lost write counts in the round that lost it, not in every later one.
+                        let now: Vec<i64> = lost_on(&cl, &acked)
+                            .await
+                            .into_iter()
+                            .filter(|id| !lost_before.contains(id))
+                            .collect();
+                        if !now.is_empty() {
+                            eprintln!("  acknowledged writes missing on {p}: {now:?}");
+                        }
+                        lost_before.extend(&now);
+                        Some(now.len())
+                    }
                     None => None,
                 },
                 None => None,
@@ -262,6 +313,15 @@ async fn sidecar_rounds(fault: Fault, rounds: usize) -> Vec<Round> {
         }
     }
     out
+}
+
+/// The node that has been primary in the fewest rounds so far (the lowest id among those).
+fn next_turn(rounds: &[Round]) -> String {
+    ["pg-0", "pg-1", "pg-2"]
+        .into_iter()
+        .min_by_key(|n| rounds.iter().filter(|r| r.primary == *n).count())
+        .unwrap_or("pg-0")
+        .to_string()
 }
 
 /// With BENCH_TRACE set: every failed or slow (over 200 ms) statement of the round, in ms

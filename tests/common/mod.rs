@@ -277,18 +277,29 @@ impl Cluster {
         let _ = std::fs::create_dir_all(&dir);
         let path = dir.join(format!("{}.log", self.project));
         let _ = std::fs::write(&path, format!("{out}\n{err}"));
-        let sidecar: Vec<&str> = out
-            .lines()
-            .filter(|l| {
-                // Compose v1 prefixes `pgpool_1`, v2 `pgpool-1`.
-                (l.starts_with("pgpool_1") || l.starts_with("pgpool-1"))
-                    && !l.contains("child pid")
-                    && !l.contains("fork a new")
-            })
-            .collect();
         if !print {
             return;
         }
+        // The sidecar's and pgpool's lines without PCP's per-call chatter, and the nodes'
+        // errors (why a standby does not stream, say), in time order: Compose prints each
+        // container's lines as a block, with the Docker timestamp after the `|`.
+        let mut sidecar: Vec<&str> = out
+            .lines()
+            .filter(|l| {
+                // Compose v1 prefixes `pgpool_1`, v2 `pgpool-1`.
+                let pgpool = l.starts_with("pgpool_1") || l.starts_with("pgpool-1");
+                let noise = [
+                    "child pid",
+                    "fork a new",
+                    "pcp worker",
+                    "PCP process with pid",
+                ];
+                let node_error = l.starts_with("pg-")
+                    && ["FATAL", "ERROR", "PANIC"].iter().any(|w| l.contains(w));
+                (pgpool && !noise.iter().any(|n| l.contains(n))) || node_error
+            })
+            .collect();
+        sidecar.sort_by_key(|l| l.split_once("| ").map(|(_, rest)| rest).unwrap_or(l));
         let tail = &sidecar[sidecar.len().saturating_sub(80)..];
         eprintln!(
             "---- sidecar log tail of {} (full logs: {}) ----\n{}",
