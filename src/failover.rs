@@ -219,14 +219,15 @@ async fn run(ctx: &Arc<Ctx>, old: usize) -> Result<usize, FailoverError> {
 const SETTLE_LIMIT: Duration = Duration::from_secs(1);
 const SETTLE_STEP: Duration = Duration::from_millis(15);
 
-/// Steps 2-5 of a failover whose old primary is fenced.
-async fn elect(ctx: &Arc<Ctx>, old: usize) -> Result<usize, FailoverError> {
-    // 2. Fresh positions of every standby, all at once, again until each is final (it replays
-    //    nothing more, see `position_settled`) or SETTLE_LIMIT passes: the most advanced
-    //    standby is the one with the most WAL, which in synchronous mode holds every
-    //    acknowledged commit.
+/// The positions of standbys `others`, all probed at once, again until each is final (it
+/// replays nothing more, see `position_settled`) or SETTLE_LIMIT passes: the most advanced
+/// standby is the one with the most WAL, which in synchronous mode holds every acknowledged
+/// commit. `None` for a standby that never answered.
+async fn final_positions(
+    ctx: &Arc<Ctx>,
+    others: &[usize],
+) -> Vec<(usize, Option<crate::cluster::PgState>)> {
     let timeout = ctx.probe_timeout();
-    let others: Vec<usize> = (0..ctx.cfg.nodes.len()).filter(|&n| n != old).collect();
     let mut seen: Vec<Option<crate::cluster::PgState>> = vec![None; ctx.cfg.nodes.len()];
     let mut settled = vec![false; ctx.cfg.nodes.len()];
     let settle_by = Instant::now() + SETTLE_LIMIT;
@@ -262,8 +263,15 @@ async fn elect(ctx: &Arc<Ctx>, old: usize) -> Result<usize, FailoverError> {
     if !unsettled.is_empty() {
         tracing::warn!(nodes = ?unsettled, "standby positions not final within {SETTLE_LIMIT:?}; choosing on the last seen");
     }
-    let probes: Vec<(usize, Option<crate::cluster::PgState>)> =
-        others.iter().map(|&n| (n, seen[n].take())).collect();
+    others.iter().map(|&n| (n, seen[n].take())).collect()
+}
+
+/// Steps 2-5 of a failover whose old primary is fenced.
+async fn elect(ctx: &Arc<Ctx>, old: usize) -> Result<usize, FailoverError> {
+    // 2. Fresh positions of every standby, final ones (see `final_positions`).
+    let timeout = ctx.probe_timeout();
+    let others: Vec<usize> = (0..ctx.cfg.nodes.len()).filter(|&n| n != old).collect();
+    let probes = final_positions(ctx, &others).await;
     let (mut view, old_lsn) = ctx.with_state(|s| (s.view.clone(), s.last_primary_lsn));
     for (n, pg) in probes {
         if let Some(node) = view.nodes.get_mut(n) {
