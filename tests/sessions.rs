@@ -136,3 +136,61 @@ async fn a_failover_costs_one_disconnect_and_the_rejoin_none() {
         "the reader needed a new session"
     );
 }
+
+/// pgpool ends every child's session when the primary fails, whatever the primary's node id:
+/// each session holds a connection to it. Stock pgpool 4.6 does so only when the primary is
+/// also the lowest node id up, and otherwise logs "Do not restart children because we are
+/// switching over node id …", keeping children whose sessions then fail late or wait out the
+/// failover (docker/pgpool/patches/0001-…).
+#[tokio::test]
+async fn a_failed_primary_that_is_not_node_0_restarts_every_pgpool_child() {
+    let c = Cluster::new("sessions-n1").up().await;
+    c.wait_pool("pg-0", &["pg-0", "pg-1", "pg-2"], Duration::from_secs(120))
+        .await;
+    // The switchover only sets the scene; the sidecar refuses one (409) until pg-1 streams
+    // and is attached, so it is asked again until then.
+    wait_for(
+        "a switchover to pg-1 accepted",
+        Duration::from_secs(60),
+        || async {
+            let (status, body) = c.post("/switchover?to=pg-1", Some(API_TOKEN)).await;
+            if status != 200 {
+                eprintln!("switchover to pg-1: {status} {body}");
+            }
+            (status == 200).then_some(())
+        },
+    )
+    .await;
+    wait_for(
+        "pg-1 primary and the cluster whole",
+        Duration::from_secs(120),
+        || async { c.whole().await.filter(|p| p == "pg-1") },
+    )
+    .await;
+    c.docker(&["kill", &c.container("pg-1")]);
+    let new = c.primary_other_than("pg-1").await;
+    let degeneration = "=== Starting degeneration. shutdown host pg-1(5432) ===";
+    let after_kill = wait_for(
+        "pgpool's failover of pg-1 in its log",
+        Duration::from_secs(30),
+        || async {
+            let logs = c.logs("pgpool");
+            let (_, rest) = logs.rsplit_once(degeneration)?;
+            rest.contains("execute command:").then(|| rest.to_string())
+        },
+    )
+    .await;
+    // Between the degeneration and the failover command: pgpool's decision about its children.
+    let decision = after_kill
+        .split("execute command:")
+        .next()
+        .unwrap_or_default();
+    assert!(
+        decision.contains("Restart all children"),
+        "pgpool did not restart every child when primary pg-1 failed (new primary {new}): {decision}"
+    );
+    assert!(
+        !decision.contains("Do not restart children"),
+        "pgpool kept children when primary pg-1 failed: {decision}"
+    );
+}
