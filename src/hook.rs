@@ -226,7 +226,14 @@ async fn dispatch(ctx: &Arc<Ctx>, req: HookRequest) -> HookResponse {
                 ctx.wake.notify_one();
                 return ok(format!("standby {name} is down; failover not triggered"));
             }
-            match failover::failover(ctx, node, "pgpool", "pgpool detached the primary", true).await
+            match failover::failover(
+                ctx,
+                node,
+                "pgpool",
+                "pgpool detached the primary",
+                failover::Report::Suspected,
+            )
+            .await
             {
                 Ok(Outcome::Promoted { new_primary }) => {
                     ok(format!("promoted {}", ctx.node_name(new_primary)))

@@ -236,7 +236,7 @@ async fn act(ctx: &Arc<Ctx>, action: Action, generation: u64) {
     match action {
         Action::AdoptPrimary { node } => adopt_primary(ctx, node),
         Action::Failover { old, reason } => {
-            let _ = failover::failover(ctx, old, "probe", &reason, false).await;
+            let _ = failover::failover(ctx, old, "probe", &reason, failover::Report::Down).await;
         }
         Action::Rebuild { node, reason } => spawn_recovery(ctx, node, true, reason),
         Action::Rejoin { node, reason } => spawn_recovery(ctx, node, false, reason),
@@ -293,7 +293,7 @@ async fn act(ctx: &Arc<Ctx>, action: Action, generation: u64) {
                     old,
                     "restart",
                     "remembered primary fenced or gone at start-up",
-                    false,
+                    failover::Report::Down,
                 )
                 .await;
             }
@@ -726,12 +726,22 @@ async fn handle_event(ctx: &Arc<Ctx>, ev: &crate::docker::ContainerEvent) {
     match response {
         EventResponse::Ignore => {}
         EventResponse::Look => ctx.wake.notify_one(),
-        EventResponse::Failover { node, reason } => {
-            let _ = failover::failover(ctx, node, "docker", &reason, false).await;
+        EventResponse::Failover {
+            node,
+            reason,
+            killed,
+        } => {
+            let report = if killed {
+                failover::Report::Killed
+            } else {
+                failover::Report::Down
+            };
+            let _ = failover::failover(ctx, node, "docker", &reason, report).await;
         }
         EventResponse::ConfirmPrimary { node, reason } => {
             // verify: a quick SQL probe decides; a primary that answers is left alone.
-            let _ = failover::failover(ctx, node, "docker", &reason, true).await;
+            let _ =
+                failover::failover(ctx, node, "docker", &reason, failover::Report::Suspected).await;
         }
         EventResponse::StandbyDown { node } => {
             tracing::warn!(

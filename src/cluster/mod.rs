@@ -168,8 +168,15 @@ pub fn followers(view: &ClusterView, new_primary: usize, exclude: &[usize]) -> V
 /// What a Docker event asks of the sidecar.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EventResponse {
-    /// The primary's own container died: fail over now.
-    Failover { node: usize, reason: String },
+    /// The primary's own container died: fail over now. `killed`: Docker reported the SIGKILL
+    /// sent, so nothing in it can take a write any more and fencing only has to keep it from
+    /// restarting, not wait for Docker's teardown (a `die` is down already; an `oom` may have
+    /// killed only a backend).
+    Failover {
+        node: usize,
+        reason: String,
+        killed: bool,
+    },
     /// A standby's own container died: take it out of pgpool, never promote anything.
     StandbyDown { node: usize },
     /// The primary's own container was paused or reported unhealthy: fail over only if a quick
@@ -192,13 +199,14 @@ pub fn event_response(view: &ClusterView, ev: &EventFacts) -> EventResponse {
     }
     // Some(true): it died. Some(false): it may hang, the probe decides. None: another signal
     // (a `docker stop` sends SIGINT first): the `die` that follows is what counts.
-    let death = match ev.action.as_str() {
-        "die" | "oom" => Some(true),
-        "kill" => matches!(
+    let sigkill = ev.action == "kill"
+        && matches!(
             ev.signal.as_deref(),
             Some("9") | Some("SIGKILL") | Some("KILL")
-        )
-        .then_some(true),
+        );
+    let death = match ev.action.as_str() {
+        "die" | "oom" => Some(true),
+        "kill" => sigkill.then_some(true),
         "pause" | "health_status: unhealthy" => Some(false),
         _ => return EventResponse::Ignore,
     };
@@ -227,6 +235,7 @@ pub fn event_response(view: &ClusterView, ev: &EventFacts) -> EventResponse {
         EventResponse::Failover {
             node: node.id,
             reason: format!("Docker event {}", ev.action),
+            killed: sigkill,
         }
     } else {
         EventResponse::StandbyDown { node: node.id }
@@ -880,6 +889,7 @@ mod tests {
                 EventResponse::Failover {
                     node: 0,
                     reason: "Docker event die".into(),
+                    killed: false,
                 },
             ),
             (
@@ -887,6 +897,7 @@ mod tests {
                 EventResponse::Failover {
                     node: 0,
                     reason: "Docker event oom".into(),
+                    killed: false,
                 },
             ),
             (
@@ -897,6 +908,19 @@ mod tests {
                 EventResponse::Failover {
                     node: 0,
                     reason: "Docker event kill".into(),
+                    killed: true,
+                },
+            ),
+            // Docker's events spell the signal either way; the container is killed either way.
+            (
+                EventFacts {
+                    signal: Some("9".into()),
+                    ..event("c0", "kill")
+                },
+                EventResponse::Failover {
+                    node: 0,
+                    reason: "Docker event kill".into(),
+                    killed: true,
                 },
             ),
             // docker stop sends SIGINT first: the die that follows is what counts.
