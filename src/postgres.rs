@@ -759,6 +759,12 @@ impl Session {
         if rows.first().and_then(|r| r.try_get(0).ok().flatten()) != Some("t") {
             return Err(PgError::PromoteFailed(self.endpoint.name.clone()));
         }
+        // A request that reaches the startup process just as its walreceiver has died (about
+        // 0.1 s after a kill of the primary) can go unseen until its retry wait ends:
+        // `wal_retrieve_retry_interval`, 5 s by default (seen: promote request at +0.13 s,
+        // promotion at +5.1 s). Asking again while it is still in recovery wakes it.
+        const ASK_AGAIN: Duration = Duration::from_millis(250);
+        let mut asked = tokio::time::Instant::now();
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             if left.is_zero() {
@@ -767,6 +773,18 @@ impl Session {
             let rows = self.query("SELECT pg_is_in_recovery()", left).await?;
             if rows.first().and_then(|r| r.try_get(0).ok().flatten()) == Some("f") {
                 return Ok(());
+            }
+            if asked.elapsed() >= ASK_AGAIN {
+                asked = tokio::time::Instant::now();
+                // Finished meanwhile: pg_promote would fail, hence the guard; any failure here
+                // is left to the next look.
+                let again = self
+                    .query(
+                        "SELECT CASE WHEN pg_is_in_recovery() THEN pg_promote(wait => false) ELSE true END",
+                        left,
+                    )
+                    .await;
+                tracing::debug!(node = %self.endpoint.name, ok = again.is_ok(), "promotion asked again");
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
