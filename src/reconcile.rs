@@ -298,24 +298,10 @@ async fn act(ctx: &Arc<Ctx>, action: Action, generation: u64) {
                 .await;
             }
         }
-        Action::Attach { node } => {
-            // The plan is as old as the pass's probes: a standby stopped since (seen in CI: a
-            // failback of a node whose name no longer resolved, then a child's failed backend
-            // connection ended a client's session) is asked about once more first.
-            let answers = {
-                let mut s = ctx.sessions[node].lock().await;
-                let limit = ctx.probe_timeout().min(Duration::from_millis(500));
-                matches!(s.probe(limit).await, Ok(pg) if pg.in_recovery)
-            };
-            if !answers {
-                tracing::debug!(node = %ctx.node_name(node), "not attached: it stopped answering since the pass looked");
-                return;
-            }
-            match ctx.pgpool.attach(node, Duration::from_secs(3)).await {
-                Ok(()) => tracing::info!(node = %ctx.node_name(node), "attached to pgpool"),
-                Err(e) => tracing::warn!(error = %e, "attach failed; will retry"),
-            }
-        }
+        Action::Attach { node } => match ctx.pgpool.attach(node, Duration::from_secs(3)).await {
+            Ok(()) => tracing::info!(node = %ctx.node_name(node), "attached to pgpool"),
+            Err(e) => tracing::warn!(error = %e, "attach failed; will retry"),
+        },
         Action::Detach { node, reason } => {
             tracing::warn!(node = %ctx.node_name(node), reason, "detaching from pgpool");
             if let Err(e) = ctx.pgpool.detach(node, Duration::from_secs(3)).await {
