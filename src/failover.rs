@@ -14,7 +14,7 @@ use futures_util::future::join_all;
 
 use crate::cluster::restart::{OpKind, Step};
 use crate::cluster::{choose_candidate, followers, NoCandidate};
-use crate::docker::{ContainerStatus, DockerError};
+use crate::docker::{ContainerInfo, ContainerStatus, DockerError};
 use crate::postgres::PgError;
 use crate::state::{Ctx, FailoverRecord, NodeState};
 
@@ -75,21 +75,8 @@ async fn fence_killed(ctx: &Arc<Ctx>, node: usize) -> Result<(), FailoverError> 
     tracing::warn!(node = %name, "fenced: Docker reported it killed; setting its restart policy to no and killing it again to be sure");
     let c = ctx.clone();
     ctx.spawn(format!("fence-kill-{name}"), async move {
-        let outcome = match c.docker.fence_kill(&container).await {
-            Ok(()) => "success",
-            Err(e) => {
-                c.metrics
-                    .docker_api_errors
-                    .with_label_values(&[e.operation()])
-                    .inc();
-                tracing::error!(node = %container.name, error = %e, "kill of a fenced old primary failed");
-                "failure"
-            }
-        };
-        c.metrics
-            .fencing_actions
-            .with_label_values(&["kill", outcome])
-            .inc();
+        // Logged and counted inside; nothing waits for the outcome.
+        let _ = fence_container(&c, &container).await;
     });
     Ok(())
 }
@@ -98,61 +85,68 @@ async fn fence_killed(ctx: &Arc<Ctx>, node: usize) -> Result<(), FailoverError> 
 /// killed. Idempotent: a node already down is fenced by setting its policy.
 pub async fn fence(ctx: &Ctx, node: usize) -> Result<(), FailoverError> {
     let name = ctx.node_name(node).to_string();
-    let fence_err = |source| FailoverError::FenceFailed {
-        node: name.clone(),
-        source,
-    };
     let looked = Instant::now();
-    let container = match ctx.docker.find(&name).await {
+    match ctx.docker.find(&name).await {
         Ok(Some(c)) => {
             tracing::debug!(node = %name, find_ms = looked.elapsed().as_millis(), "fence: container found");
-            c
+            fence_container(ctx, &c).await
         }
         // No container at all: nothing can run it, which is what fencing wants.
-        Ok(None) => return Ok(()),
+        Ok(None) => Ok(()),
         Err(e) => {
             ctx.metrics
                 .docker_api_errors
                 .with_label_values(&[e.operation()])
                 .inc();
-            return Err(fence_err(e));
+            Err(FailoverError::FenceFailed {
+                node: name,
+                source: e,
+            })
         }
+    }
+}
+
+/// Kill, else disconnect from every network: the one fencing step, logged and counted.
+async fn fence_container(ctx: &Ctx, container: &ContainerInfo) -> Result<(), FailoverError> {
+    let name = &container.name;
+    let counted = |action: &str, outcome: &str| {
+        ctx.metrics
+            .fencing_actions
+            .with_label_values(&[action, outcome])
+            .inc();
     };
-    match ctx.docker.fence_kill(&container).await {
+    let api_error = |e: &DockerError| {
+        ctx.metrics
+            .docker_api_errors
+            .with_label_values(&[e.operation()])
+            .inc();
+    };
+    match ctx.docker.fence_kill(container).await {
         Ok(()) => {
-            ctx.metrics
-                .fencing_actions
-                .with_label_values(&["kill", "success"])
-                .inc();
+            counted("kill", "success");
             tracing::warn!(node = %name, "fenced: container killed, restart policy set to no");
+            return Ok(());
+        }
+        Err(e) => {
+            counted("kill", "failure");
+            api_error(&e);
+            tracing::error!(node = %name, error = %e, "cannot kill old primary; disconnecting it");
+        }
+    }
+    match ctx.docker.disconnect_all(container).await {
+        Ok(()) => {
+            counted("disconnect", "success");
+            tracing::warn!(node = %name, "fenced: container cut off every network");
             Ok(())
         }
         Err(e) => {
-            ctx.metrics
-                .fencing_actions
-                .with_label_values(&["kill", "failure"])
-                .inc();
-            ctx.metrics
-                .docker_api_errors
-                .with_label_values(&[e.operation()])
-                .inc();
-            tracing::error!(node = %name, error = %e, "cannot kill old primary; disconnecting it");
-            match ctx.docker.disconnect_all(&container).await {
-                Ok(()) => {
-                    ctx.metrics
-                        .fencing_actions
-                        .with_label_values(&["disconnect", "success"])
-                        .inc();
-                    Ok(())
-                }
-                Err(e) => {
-                    ctx.metrics
-                        .fencing_actions
-                        .with_label_values(&["disconnect", "failure"])
-                        .inc();
-                    Err(fence_err(e))
-                }
-            }
+            counted("disconnect", "failure");
+            api_error(&e);
+            tracing::error!(node = %name, error = %e, "cannot disconnect old primary either");
+            Err(FailoverError::FenceFailed {
+                node: name.clone(),
+                source: e,
+            })
         }
     }
 }
@@ -325,6 +319,29 @@ async fn final_positions(
     others.iter().map(|&n| (n, seen[n].take())).collect()
 }
 
+/// Synchronous mode: names the synchronous standbys on `candidate` while it is still a
+/// standby (where the setting does nothing), so its first commit as primary already waits for
+/// a standby; set after the promotion, the commits of the first tens of milliseconds were
+/// acknowledged from the new primary alone. True when set, or when not in synchronous mode.
+pub async fn synchronous_before_promotion(ctx: &Ctx, candidate: usize) -> bool {
+    if ctx.cfg.synchronous_standbys == 0 {
+        return true;
+    }
+    let value = ctx.synchronous_value(candidate);
+    match ctx.sessions[candidate]
+        .lock()
+        .await
+        .set_synchronous_standbys(&value, ctx.probe_timeout())
+        .await
+    {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(node = %ctx.node_name(candidate), error = %e, "cannot name the synchronous standbys before the promotion; after it then");
+            false
+        }
+    }
+}
+
 /// Steps 2-5 of a failover whose old primary is fenced.
 async fn elect(ctx: &Arc<Ctx>, old: usize) -> Result<usize, FailoverError> {
     // 2. Fresh positions of every standby, final ones (see `final_positions`).
@@ -342,7 +359,9 @@ async fn elect(ctx: &Arc<Ctx>, old: usize) -> Result<usize, FailoverError> {
     let cand_name = ctx.node_name(candidate).to_string();
     tracing::info!(candidate = %cand_name, "promoting the most advanced standby");
 
-    // 3. Promote over SQL and wait until it accepts writes.
+    // 3. Promote over SQL and wait until it accepts writes; in synchronous mode it names its
+    //    synchronous standbys first.
+    let synchronous_set = synchronous_before_promotion(ctx, candidate).await;
     ctx.sessions[candidate]
         .lock()
         .await
@@ -359,8 +378,8 @@ async fn elect(ctx: &Arc<Ctx>, old: usize) -> Result<usize, FailoverError> {
     // Every standby's slot on the new primary before WAL of the new timeline can be recycled.
     crate::slots::on_promotion(ctx, candidate).await;
 
-    // 4. Keep synchronous replication right: name only the nodes that can still stream.
-    if ctx.cfg.synchronous_standbys > 0 {
+    // 4. Synchronous replication named after all, if it could not be before the promotion.
+    if !synchronous_set {
         let value = ctx.synchronous_value(candidate);
         if let Err(e) = ctx.sessions[candidate]
             .lock()

@@ -13,7 +13,9 @@ use std::time::Duration;
 use futures_util::future::join_all;
 use futures_util::StreamExt;
 
-use crate::cluster::restart::{classify_exit, is_stop_signal, next_restart_backoff, Exit};
+use crate::cluster::restart::{
+    classify_exit, is_stop_signal, next_restart_backoff, takes_node_down, Exit,
+};
 use crate::cluster::{
     decide, event_response, failback_may_start, next_recovery_backoff, Action, ClusterView,
     EventFacts, EventResponse, NodeView,
@@ -80,7 +82,7 @@ pub async fn run(ctx: Arc<Ctx>) {
             .is_some_and(|p| view.nodes[p].probe_failures > 0 && !view.nodes[p].busy);
         let plan = decide(&view, &ctx.policy());
         for action in plan {
-            act(&ctx, action, view.generation).await;
+            act(&ctx, action, &view).await;
         }
         ensure_pgpool(&ctx);
         ensure_synchronous(&ctx, &mut probes).await;
@@ -95,8 +97,16 @@ pub async fn run(ctx: Arc<Ctx>) {
 /// however many of them hang.
 async fn observe(ctx: &Arc<Ctx>, probes: &mut Probes) -> Option<ClusterView> {
     let timeout = ctx.probe_timeout();
-    let (primary, pgpool_started, generation) =
-        ctx.with_state(|s| (s.view.primary, s.pgpool_started, s.generation));
+    let began = std::time::Instant::now();
+    // Read before any probe starts: an event during the probes makes this pass's attach stale.
+    let (primary, pgpool_started, generation, down_events) = ctx.with_state(|s| {
+        (
+            s.view.primary,
+            s.pgpool_started,
+            s.generation,
+            s.down_events.clone(),
+        )
+    });
     let containers = join_all(ctx.cfg.nodes.iter().map(|n| ctx.docker.find(&n.host)));
     let nodes = join_all(
         probes
@@ -208,6 +218,7 @@ async fn observe(ctx: &Arc<Ctx>, probes: &mut Probes) -> Option<ClusterView> {
                 stopped_on_purpose: s.stopped.contains_key(&i),
                 died: s.died.contains(&i),
                 redo: s.resume.get(&i).copied(),
+                down_events: down_events.get(&i).copied().unwrap_or_default(),
             });
         }
         if let Some(p) = primary {
@@ -219,6 +230,7 @@ async fn observe(ctx: &Arc<Ctx>, probes: &mut Probes) -> Option<ClusterView> {
             }
         }
         s.view.nodes = nodes;
+        s.view_probed_at = Some(began);
         s.pgpool_up = pool.is_some();
         s.pool_nodes = pool.unwrap_or_default();
         s.view.replication_seen = replication.is_some();
@@ -228,7 +240,8 @@ async fn observe(ctx: &Arc<Ctx>, probes: &mut Probes) -> Option<ClusterView> {
     })
 }
 
-async fn act(ctx: &Arc<Ctx>, action: Action, generation: u64) {
+async fn act(ctx: &Arc<Ctx>, action: Action, view: &ClusterView) {
+    let generation = view.generation;
     // A plan made before the primary changed is void: the next pass re-plans.
     if ctx.with_state(|s| s.generation) != generation {
         return;
@@ -298,10 +311,20 @@ async fn act(ctx: &Arc<Ctx>, action: Action, generation: u64) {
                 .await;
             }
         }
-        Action::Attach { node } => match ctx.pgpool.attach(node, Duration::from_secs(3)).await {
-            Ok(()) => tracing::info!(node = %ctx.node_name(node), "attached to pgpool"),
-            Err(e) => tracing::warn!(error = %e, "attach failed; will retry"),
-        },
+        Action::Attach { node } => {
+            // Docker took the node down after this pass's probes began: attaching it would be
+            // a failback of a node that is gone, and pgpool's children would fail to reach it
+            // and end their clients' sessions. The next pass looks again.
+            let downs = ctx.with_state(|s| s.down_events.get(&node).copied().unwrap_or_default());
+            if downs != view.nodes[node].down_events {
+                tracing::debug!(node = %ctx.node_name(node), "attach dropped: the node went down since the probes");
+                return;
+            }
+            match ctx.pgpool.attach(node, Duration::from_secs(3)).await {
+                Ok(()) => tracing::info!(node = %ctx.node_name(node), "attached to pgpool"),
+                Err(e) => tracing::warn!(error = %e, "attach failed; will retry"),
+            }
+        }
         Action::Detach { node, reason } => {
             tracing::warn!(node = %ctx.node_name(node), reason, "detaching from pgpool");
             if let Err(e) = ctx.pgpool.detach(node, Duration::from_secs(3)).await {
@@ -714,7 +737,26 @@ fn note_intent(ctx: &Ctx, ev: &crate::docker::ContainerEvent) {
     }
 }
 
+/// Counts an event that takes a node's own container down (see `State::down_events`).
+fn count_down(ctx: &Ctx, ev: &crate::docker::ContainerEvent) {
+    if ev.oneoff || !takes_node_down(&ev.action) {
+        return;
+    }
+    ctx.with_state(|s| {
+        let node = s
+            .view
+            .nodes
+            .iter()
+            .find(|n| n.container_id.as_deref() == Some(ev.id.as_str()))
+            .map(|n| n.id);
+        if let Some(node) = node {
+            *s.down_events.entry(node).or_default() += 1;
+        }
+    });
+}
+
 async fn handle_event(ctx: &Arc<Ctx>, ev: &crate::docker::ContainerEvent) {
+    count_down(ctx, ev);
     note_intent(ctx, ev);
     let facts = EventFacts {
         container_id: ev.id.clone(),

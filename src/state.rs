@@ -84,6 +84,9 @@ pub struct State {
     /// Bumped on every change of primary; an observation that started under an older one is
     /// stale and is thrown away rather than acted on.
     pub generation: u64,
+    /// Docker events that took each node down (die, kill, stop, oom, pause), counted: an attach
+    /// planned on probes from before one of them is stale, like a plan from an older generation.
+    pub down_events: BTreeMap<usize, u64>,
     /// Each node's cluster network and aliases, as last seen connected: what a node fenced by
     /// a disconnect is reconnected to when recovery takes it back.
     pub known_network: BTreeMap<usize, (String, Vec<String>)>,
@@ -95,6 +98,9 @@ pub struct State {
     pub slots: BTreeMap<usize, crate::postgres::Slot>,
     /// When the reconcile loop last finished a pass: `/healthz` fails when it is too long ago.
     pub last_pass: Option<std::time::Instant>,
+    /// When the probes of the view in `view` began: a decision that must not rest on a look
+    /// from before some moment (a switchover right after a recovery) waits for a later one.
+    pub view_probed_at: Option<std::time::Instant>,
     /// What the last adoption check of the primary found and changed (see [`crate::adopt`]).
     pub adoption: Option<crate::cluster::adopt::Adoption>,
     /// Standbys an operator stopped or killed through the Docker API (unix seconds): they stay

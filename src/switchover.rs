@@ -85,6 +85,21 @@ fn pick_target(ctx: &Ctx, old: usize, to: Option<usize>) -> Result<usize, Switch
     }
 }
 
+/// Wakes the control loop and waits (one probe interval and two probe timeouts at most) for a
+/// view whose probes began after now.
+async fn fresh_view(ctx: &Ctx) {
+    let asked = Instant::now();
+    let deadline = asked + ctx.cfg.probe_interval + 2 * ctx.probe_timeout();
+    ctx.wake.notify_one();
+    while Instant::now() < deadline {
+        if ctx.with_state(|s| s.view_probed_at.is_some_and(|t| t > asked)) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tracing::debug!("no fresh view for the switchover; deciding on the last one");
+}
+
 /// Undoes a switchover that stopped the old primary but promoted nothing: the old primary,
 /// which has every acknowledged commit, is started again as the primary. A target whose
 /// promotion failed half-way is fenced first, so two writable nodes never coexist.
@@ -166,6 +181,14 @@ async fn run(
     to: Option<usize>,
     started: Instant,
 ) -> Result<SwitchoverReport, SwitchoverError> {
+    // A target that is not healthy in the last view may have come back since it was taken (a
+    // recovery that just ended): decided on a look taken after the request instead.
+    let stale = ctx
+        .primary()
+        .is_some_and(|old| pick_target(ctx, old, to).is_err());
+    if stale {
+        fresh_view(ctx).await;
+    }
     let guard = ctx.failover_lock.lock().await;
     let old = ctx.primary().ok_or(SwitchoverError::NoPrimary)?;
     let target = pick_target(ctx, old, to)?;
@@ -240,6 +263,7 @@ async fn run(
     //    sidecar that dies during the promotion must not start it again beside the target.
     ctx.begin(old, OpKind::Switchover, Step::Promoting);
     ctx.with_state(|s| s.fenced.insert(old));
+    let synchronous_set = failover::synchronous_before_promotion(ctx, target).await;
     let promoted = ctx.sessions[target]
         .lock()
         .await
@@ -260,7 +284,7 @@ async fn run(
     });
     ctx.begin(old, OpKind::Switchover, Step::Demoting);
     crate::slots::on_promotion(ctx, target).await;
-    if ctx.cfg.synchronous_standbys > 0 {
+    if !synchronous_set {
         let value = ctx.synchronous_value(target);
         let _ = ctx.sessions[target]
             .lock()

@@ -181,7 +181,7 @@ async fn sidecar_killed_mid_failover_promotion_and_switchover_resumes_without_lo
 
     // 1. Just after the fence of the killed primary, before any promotion.
     let before = restart_count(&c);
-    let t = kill_sidecar_on_log(&c, "fenced: container killed");
+    let t = kill_sidecar_on_log(&c, "fenced: Docker reported it killed");
     let fault = Instant::now();
     c.docker(&["kill", &c.container("pg-0")]);
     killed_and_restarted(&c, t, before).await;

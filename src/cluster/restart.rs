@@ -323,6 +323,13 @@ pub fn is_stop_signal(signal: Option<&str>) -> bool {
     matches!(s, "TERM" | "INT" | "QUIT" | "KILL" | "15" | "2" | "3" | "9")
 }
 
+/// A Docker event that takes a node down, or may: a plan made on probes from before it (an
+/// attach to pgpool) is stale. Any `kill` counts, a harmless signal only delays an attach by a
+/// pass; a `start` or `restart` brings nothing down.
+pub fn takes_node_down(action: &str) -> bool {
+    matches!(action, "die" | "kill" | "stop" | "oom" | "pause")
+}
+
 /// A `die` (or `oom`) of a node's own container: on purpose if a stop request through the API
 /// came before it, else by itself. An `oom` is never on purpose.
 pub fn classify_exit(action: &str, stop_requested: bool) -> Exit {
@@ -517,6 +524,24 @@ mod tests {
             startup_plan(&nodes, Some(1), Some(3), Some(ID)).primary,
             Some(0)
         );
+    }
+
+    #[test]
+    fn events_that_take_a_node_down_make_an_attach_stale() {
+        for (action, down) in [
+            ("die", true),
+            ("kill", true),
+            ("stop", true),
+            ("oom", true),
+            ("pause", true),
+            ("start", false),
+            ("restart", false),
+            ("unpause", false),
+            ("create", false),
+            ("destroy", false),
+        ] {
+            assert_eq!(takes_node_down(action), down, "{action}");
+        }
     }
 
     #[test]

@@ -117,6 +117,8 @@ pub struct NodeView {
     pub died: bool,
     /// A recovery of it was cut short by a restart of the sidecar: run it again.
     pub redo: Option<Redo>,
+    /// Docker events that took it down, counted when the pass began (see `State::down_events`).
+    pub down_events: u64,
 }
 
 /// A recovery found in flight at start-up.
