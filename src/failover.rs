@@ -319,16 +319,17 @@ async fn final_positions(
     others.iter().map(|&n| (n, seen[n].take())).collect()
 }
 
-/// Synchronous mode: names the synchronous standbys on `candidate` while it is still a
-/// standby (where the setting does nothing), so its first commit as primary already waits for
-/// a standby; set after the promotion, the commits of the first tens of milliseconds were
-/// acknowledged from the new primary alone. True when set, or when not in synchronous mode.
-pub async fn synchronous_before_promotion(ctx: &Ctx, candidate: usize) -> bool {
+/// Synchronous mode: names `node`'s synchronous standbys (every other node not fenced). Done
+/// on the candidate while it is still a standby (where the setting does nothing), so its first
+/// commit as primary already waits for a standby; set after the promotion, the commits of the
+/// first tens of milliseconds were acknowledged from the new primary alone. True when set, or
+/// when not in synchronous mode.
+pub async fn name_synchronous_standbys(ctx: &Ctx, node: usize) -> bool {
     if ctx.cfg.synchronous_standbys == 0 {
         return true;
     }
-    let value = ctx.synchronous_value(candidate);
-    match ctx.sessions[candidate]
+    let value = ctx.synchronous_value(node);
+    match ctx.sessions[node]
         .lock()
         .await
         .set_synchronous_standbys(&value, ctx.probe_timeout())
@@ -336,7 +337,7 @@ pub async fn synchronous_before_promotion(ctx: &Ctx, candidate: usize) -> bool {
     {
         Ok(()) => true,
         Err(e) => {
-            tracing::warn!(node = %ctx.node_name(candidate), error = %e, "cannot name the synchronous standbys before the promotion; after it then");
+            tracing::error!(node = %ctx.node_name(node), error = %e, "cannot set synchronous_standby_names");
             false
         }
     }
@@ -345,7 +346,6 @@ pub async fn synchronous_before_promotion(ctx: &Ctx, candidate: usize) -> bool {
 /// Steps 2-5 of a failover whose old primary is fenced.
 async fn elect(ctx: &Arc<Ctx>, old: usize) -> Result<usize, FailoverError> {
     // 2. Fresh positions of every standby, final ones (see `final_positions`).
-    let timeout = ctx.probe_timeout();
     let others: Vec<usize> = (0..ctx.cfg.nodes.len()).filter(|&n| n != old).collect();
     let probes = final_positions(ctx, &others).await;
     let (mut view, old_lsn) = ctx.with_state(|s| (s.view.clone(), s.last_primary_lsn));
@@ -361,7 +361,7 @@ async fn elect(ctx: &Arc<Ctx>, old: usize) -> Result<usize, FailoverError> {
 
     // 3. Promote over SQL and wait until it accepts writes; in synchronous mode it names its
     //    synchronous standbys first.
-    let synchronous_set = synchronous_before_promotion(ctx, candidate).await;
+    let synchronous_set = name_synchronous_standbys(ctx, candidate).await;
     ctx.sessions[candidate]
         .lock()
         .await
@@ -380,15 +380,7 @@ async fn elect(ctx: &Arc<Ctx>, old: usize) -> Result<usize, FailoverError> {
 
     // 4. Synchronous replication named after all, if it could not be before the promotion.
     if !synchronous_set {
-        let value = ctx.synchronous_value(candidate);
-        if let Err(e) = ctx.sessions[candidate]
-            .lock()
-            .await
-            .set_synchronous_standbys(&value, timeout)
-            .await
-        {
-            tracing::error!(error = %e, "cannot set synchronous_standby_names on the new primary");
-        }
+        name_synchronous_standbys(ctx, candidate).await;
     }
 
     // 5. Re-point the other standbys at the new primary, all at once. Busy flags as they are

@@ -692,12 +692,7 @@ fn note_intent(ctx: &Ctx, ev: &crate::docker::ContainerEvent) {
         return;
     }
     let noted = ctx.with_state(|s| {
-        let node = s
-            .view
-            .nodes
-            .iter()
-            .find(|n| n.container_id.as_deref() == Some(ev.id.as_str()))
-            .map(|n| n.id)?;
+        let node = s.view.node_of_container(&ev.id).map(|n| n.id)?;
         // The sidecar's own stops (fence, recovery, switchover) are of busy or fenced nodes; a
         // primary's death is a failover's business.
         let ours = s.busy.contains(&node) || s.fenced.contains(&node);
@@ -743,13 +738,7 @@ fn count_down(ctx: &Ctx, ev: &crate::docker::ContainerEvent) {
         return;
     }
     ctx.with_state(|s| {
-        let node = s
-            .view
-            .nodes
-            .iter()
-            .find(|n| n.container_id.as_deref() == Some(ev.id.as_str()))
-            .map(|n| n.id);
-        if let Some(node) = node {
+        if let Some(node) = s.view.node_of_container(&ev.id).map(|n| n.id) {
             *s.down_events.entry(node).or_default() += 1;
         }
     });

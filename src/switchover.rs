@@ -183,9 +183,12 @@ async fn run(
 ) -> Result<SwitchoverReport, SwitchoverError> {
     // A target that is not healthy in the last view may have come back since it was taken (a
     // recovery that just ended): decided on a look taken after the request instead.
-    let stale = ctx
-        .primary()
-        .is_some_and(|old| pick_target(ctx, old, to).is_err());
+    let stale = ctx.primary().is_some_and(|old| {
+        matches!(
+            pick_target(ctx, old, to),
+            Err(SwitchoverError::TargetUnhealthy { .. } | SwitchoverError::NoStandby)
+        )
+    });
     if stale {
         fresh_view(ctx).await;
     }
@@ -263,7 +266,7 @@ async fn run(
     //    sidecar that dies during the promotion must not start it again beside the target.
     ctx.begin(old, OpKind::Switchover, Step::Promoting);
     ctx.with_state(|s| s.fenced.insert(old));
-    let synchronous_set = failover::synchronous_before_promotion(ctx, target).await;
+    let synchronous_set = failover::name_synchronous_standbys(ctx, target).await;
     let promoted = ctx.sessions[target]
         .lock()
         .await
@@ -285,12 +288,7 @@ async fn run(
     ctx.begin(old, OpKind::Switchover, Step::Demoting);
     crate::slots::on_promotion(ctx, target).await;
     if !synchronous_set {
-        let value = ctx.synchronous_value(target);
-        let _ = ctx.sessions[target]
-            .lock()
-            .await
-            .set_synchronous_standbys(&value, ctx.probe_timeout())
-            .await;
+        failover::name_synchronous_standbys(ctx, target).await;
     }
     let others = followers(&ctx.with_state(|s| s.view.clone()), target, &[old]);
     futures_util::future::join_all(others.iter().map(|&n| failover::repoint(ctx, n, target))).await;

@@ -112,6 +112,13 @@ impl NodeView {
 }
 
 impl ClusterView {
+    /// The node whose own container (as last inspected) has this id.
+    pub fn node_of_container(&self, container_id: &str) -> Option<&NodeView> {
+        self.nodes
+            .iter()
+            .find(|n| n.container_id.as_deref() == Some(container_id))
+    }
+
     /// The one definition of a healthy standby: a member of this cluster, in recovery, streaming
     /// from the primary on the primary's timeline, and neither fenced nor busy. Only such a node
     /// may be attached to pgpool, started with pgpool, or chosen as a switchover target.
@@ -210,11 +217,7 @@ pub fn event_response(view: &ClusterView, ev: &EventFacts) -> EventResponse {
         "pause" | "health_status: unhealthy" => Some(false),
         _ => return EventResponse::Ignore,
     };
-    let Some(node) = view
-        .nodes
-        .iter()
-        .find(|n| n.container_id.as_deref() == Some(ev.container_id.as_str()))
-    else {
+    let Some(node) = view.node_of_container(&ev.container_id) else {
         // A container of the cluster the last pass did not see (just recreated?): look.
         return EventResponse::Look;
     };
